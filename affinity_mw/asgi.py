@@ -1,0 +1,348 @@
+"""ASGI middleware: serve a request here when this node owns its key, else stream it to the owner and back.
+
+Pure ASGI (not ``BaseHTTPMiddleware``), in the shape of Starlette's own middlewares: all set-up happens once in
+``__init__``, ``__call__`` passes every scope it does not route straight through, and nothing per request is
+stored on ``self``. The routing itself is :class:`~affinity_mw.router.Router`'s; this module only carries the
+decision out over ASGI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .config import Settings
+from .forward import (
+    IDEMPOTENT,
+    AiohttpTransport,
+    AsyncTransport,
+    ConnectFailed,
+    ForwardError,
+    HttpxTransport,
+    SendFailed,
+    UpstreamRequest,
+    UpstreamTimeout,
+    is_internal,
+    request_headers,
+    restore_forwarded,
+)
+from .hop import HOP_HEADER, HopSigner
+from .membership import StaticMembership
+from .request import RequestView
+from .router import FORWARD, LOCAL, Decision, Router
+
+__all__ = ["AffinityMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+logger = logging.getLogger("affinity_mw")
+
+SERVED_BY = b"x-affinity-served-by"
+OWNER = b"x-affinity-owner"
+
+
+class AffinityMiddleware:
+    """Route each HTTP request to the node that owns its affinity key.
+
+    With no keyword options everything is read from ``AFFINITY_*`` environment variables; keyword options (the
+    names in ``docs/configuration.md``) win over the environment::
+
+        app = AffinityMiddleware(app, peers=["http://10.0.0.1:8000", "http://10.0.0.2:8000"],
+                                 self_url="http://10.0.0.1:8000", secret="...", key="header:X-Tenant")
+
+    ``key`` is a spec string or any callable ``(RequestView) -> str | None``. ``transport`` takes an
+    :class:`~affinity_mw.forward.AsyncTransport` or an ``httpx.AsyncClient``; by default a tuned aiohttp session
+    is opened lazily in the serving event loop and closed at lifespan shutdown. ``membership`` replaces the
+    static peer list with any object that has ``ring`` and ``self_id``.
+
+    The decision for each request is in ``scope["state"]["affinity"]`` (Starlette: ``request.state.affinity``).
+    On the owner, a forwarded request looks as it did to the first node: the client address and scheme are
+    restored from the signed hop marker and the ``X-Forwarded-*`` headers the forwarder added are removed.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        transport: Any = None,
+        membership: Any = None,
+        **options: Any,
+    ) -> None:
+        self.app = app
+        self.settings = settings = Settings.load(options)
+        if membership is None:
+            membership = StaticMembership(settings.peers, settings.self_url, vnodes=settings.vnodes)
+        self.membership = membership
+        self.signer = HopSigner(settings.secret, max_age=settings.hop_max_age) if settings.secret else None
+        self.router = Router(
+            membership=membership,
+            extractor=settings.extractor,
+            signer=self.signer,
+            no_key=settings.no_key,
+            max_attempts=settings.max_attempts,
+            max_key_length=settings.max_key_length,
+        )
+        self.transport = self._make_transport(transport)
+        self.debug_headers = settings.debug_headers
+        self.fallback_local = settings.fallback == "local"
+
+    def _make_transport(self, transport: Any) -> AsyncTransport:
+        s = self.settings
+        timeouts: dict[str, Any] = {
+            "pool_size": s.pool_size,
+            "keepalive": s.keepalive,
+            "connect_timeout": s.connect_timeout,
+            "read_timeout": s.read_timeout,
+        }
+        if transport is None:
+            if s.transport == "httpx":
+                return HttpxTransport(**timeouts)
+            return AiohttpTransport(**timeouts)
+        if hasattr(transport, "send") and hasattr(transport, "aclose") and not hasattr(transport, "build_request"):
+            return transport  # type: ignore[no-any-return]
+        return HttpxTransport(transport, **timeouts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                receive = self._watch_lifespan(receive)
+            await self.app(scope, receive, send)
+            return
+
+        headers = scope["headers"]
+        hop_token: bytes | None = None
+        internal = False
+        for name, value in headers:
+            if name[:1] == b"x" and is_internal(name):
+                internal = True
+                if name == HOP_HEADER and hop_token is None:
+                    hop_token = value
+        client = scope.get("client")
+        view = RequestView(
+            scope["method"], scope["path"], scope["query_string"], headers, client[0] if client else None,
+            scope["scheme"],
+        )
+        decision = self.router.decide(view, hop_token)
+        if decision.action == LOCAL:
+            await self._serve_local(scope, receive, send, decision, internal)
+        elif decision.action == FORWARD:
+            await self._forward(scope, receive, send, decision)
+        else:
+            await _plain(send, 400, b"This request carries no affinity key (AFFINITY_NO_KEY=reject).\n")
+
+    async def _serve_local(
+        self, scope: Scope, receive: Receive, send: Send, decision: Decision, internal: bool
+    ) -> None:
+        marker = decision.marker
+        if internal or marker is not None:
+            scope = dict(scope)
+            scope["headers"] = restore_forwarded(scope["headers"], marker.added if marker else "")
+            if marker is not None:
+                if marker.client_host:
+                    scope["client"] = (marker.client_host, marker.client_port)
+                scope["scheme"] = marker.scheme
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = state = {}
+        state["affinity"] = decision
+        decision.served_by = self.membership.self_id
+        if self.debug_headers:
+            send = self._debug_send(send, decision)
+        await self.app(scope, receive, send)
+
+    def _debug_send(self, send: Send, decision: Decision) -> Send:
+        served_by = (self.membership.self_id or "").encode("latin-1")
+        owner = decision.owner.id.encode("latin-1") if decision.owner else b""
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = [*message.get("headers", ()), (SERVED_BY, served_by), (OWNER, owner)]
+            await send(message)
+
+        return send_with_headers
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
+        method: str = scope["method"]
+        headers = scope["headers"]
+        content_length: int | None = 0
+        for name, value in headers:
+            if name == b"transfer-encoding":
+                content_length = None
+                break
+            if name == b"content-length":
+                content_length = int(value)  # the server has already validated and enforces it
+        body = _RequestBody(receive) if content_length != 0 else None
+        client = scope.get("client")
+        client_host = client[0] if client else None
+        upstream_headers, added = request_headers(headers, client_host=client_host, scheme=scope["scheme"])
+        target = scope.get("raw_path") or scope["path"].encode("utf-8")
+        if scope["query_string"]:
+            target = target + b"?" + scope["query_string"]
+        target_str = target.decode("latin-1")
+        signer = self.signer
+        assert signer is not None and decision.key_hash is not None  # a forward decision implies both
+        sender = self.membership.self_id or ""
+        retried = False
+        for node in decision.candidates:
+            decision.attempts += 1
+            marker = signer.sign(
+                sender=sender,
+                key_hash=decision.key_hash,
+                ring_checksum=decision.ring.checksum,
+                attempt=decision.attempts,
+                client=(client_host, client[1]) if client_host and client else None,
+                scheme=scope["scheme"],
+                added=added,
+            )
+            request = UpstreamRequest(
+                method,
+                node.address,
+                target_str,
+                [*upstream_headers, (HOP_HEADER, marker)],
+                body.stream() if body is not None else None,
+                content_length,
+            )
+            try:
+                response = await self.transport.send(request)
+            except ConnectFailed as exc:
+                logger.warning("affinity-mw: cannot connect to %s (%s); trying the next owner", node.id, exc)
+                if body is not None and body.started:
+                    await _plain(send, 502, b"The key's owner failed while receiving the request body.\n")
+                    return
+                continue
+            except SendFailed as exc:
+                replayable = body is None or not body.started
+                if method in IDEMPOTENT and replayable and not retried:
+                    logger.warning("affinity-mw: %s failed before answering (%s); retrying once", node.id, exc)
+                    retried = True
+                    continue
+                logger.warning("affinity-mw: %s failed before answering (%s)", node.id, exc)
+                await _plain(send, 502, b"The key's owner failed before answering.\n")
+                return
+            except UpstreamTimeout:
+                await _plain(send, 504, b"The key's owner did not answer in time.\n")
+                return
+            decision.served_by = node.id
+            await self._relay(
+                response, receive, send, decision, body, method == "HEAD" or response.status in (204, 304)
+            )
+            return
+        # Every candidate refused the connection.
+        if self.router.self_is_next(decision) or self.fallback_local:
+            decision.reason = "failover" if self.router.self_is_next(decision) else "fallback"
+            decision.action = LOCAL
+            await self._serve_local(scope, receive, send, decision, True)
+            return
+        await _plain(send, 502, b"No owner of this key could be reached.\n")
+
+    async def _relay(
+        self,
+        response: Any,
+        receive: Receive,
+        send: Send,
+        decision: Decision,
+        body: _RequestBody | None,
+        bodiless: bool,
+    ) -> None:
+        """Stream the peer's response to the client; only a complete, in-sync connection goes back to the pool.
+
+        A body that ends short of its Content-Length, or a peer that dies mid-body, raises so the server aborts
+        the client connection: a truncated body must never look like a complete one.
+        """
+        headers = response.headers
+        remaining: int | None = None
+        if not bodiless:
+            for name, value in headers:
+                if name == b"content-length":
+                    remaining = int(value)
+        if self.debug_headers and not any(name == SERVED_BY for name, _ in headers):
+            headers = [*headers, (SERVED_BY, (decision.served_by or "").encode("latin-1"))]
+            if decision.owner is not None:
+                headers.append((OWNER, decision.owner.id.encode("latin-1")))
+        reusable = False
+        watcher: asyncio.Future[None] | None = None
+        try:
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            finished = False
+            async for chunk in response.aiter_raw():
+                if remaining is not None:
+                    remaining -= len(chunk)
+                    if remaining <= 0:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                        finished = True
+                        continue
+                if watcher is None and (body is None or body.done):
+                    # Servers drop sends to a client that has gone away; watch for the disconnect so a
+                    # long download stops pulling from the peer (started lazily: most bodies are one chunk).
+                    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+                elif watcher is not None and watcher.done():
+                    raise ForwardError("client disconnected during the response")
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not finished:
+                if remaining is not None and remaining > 0:
+                    raise ForwardError("peer closed the response before its Content-Length was sent")
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            reusable = True
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await response.aclose(reusable=reusable)
+
+    def _watch_lifespan(self, receive: Receive) -> Receive:
+        async def wrapped() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.transport.aclose()
+            return message
+
+        return wrapped
+
+
+class _RequestBody:
+    """The client's request body as an async iterator, read from ``receive`` once; records whether reading began
+    (after which the request cannot be re-sent to another peer)."""
+
+    __slots__ = ("done", "receive", "started")
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.started = False
+        self.done = False
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        if self.started:
+            raise ForwardError("the request body was already sent once")
+        self.started = True
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ForwardError("client disconnected while sending the request body")
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                self.done = True
+                return
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _plain(send: Send, status: int, text: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(text)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": text, "more_body": False})

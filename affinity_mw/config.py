@@ -1,0 +1,309 @@
+"""Settings from keyword arguments or ``AFFINITY_*`` environment variables, validated once at start-up.
+
+One table (``OPTIONS``) defines every option: its keyword, its environment variable, its default and its parser.
+The middlewares, the configuration reference in ``docs/configuration.md`` and its test all read that table, so
+an option cannot exist in one place and be missing in another. Keyword arguments win over the environment, so
+code can pin what a deploy must not change; with no arguments a 12-factor deploy needs no code at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .keys import Extractor, KeyOptions, from_spec
+
+__all__ = ["OPTIONS", "ConfigurationError", "Option", "Settings"]
+
+
+class ConfigurationError(ValueError):
+    """A setting is missing, malformed or inconsistent; raised at start-up, never per request."""
+
+
+def _str(value: str) -> str:
+    return value.strip()
+
+
+def _opt_str(value: str) -> str | None:
+    return value.strip() or None
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected one of 1/0, true/false, yes/no, on/off, got {value!r}")
+
+
+def _float(value: str) -> float:
+    return float(value)
+
+
+def _int(value: str) -> int:
+    return int(value)
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        lowered = value.strip().lower()
+        if lowered not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {value!r}")
+        return lowered
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: the keyword, the environment variable that sets it, how to parse it, and what it does."""
+
+    name: str
+    env: str
+    default: Any
+    parse: Callable[[str], Any]
+    doc: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("peers", "AFFINITY_PEERS", (), _list, "Comma-separated base URLs of every node, this one included."),
+    Option("self_url", "AFFINITY_SELF", None, _opt_str, "This node's base URL, exactly as it appears in the peers."),
+    Option(
+        "secret",
+        "AFFINITY_SECRET",
+        (),
+        _list,
+        "Cluster secret that signs hop markers; comma-separated for rotation, newest last. Required with peers.",
+    ),
+    Option(
+        "key",
+        "AFFINITY_KEY",
+        None,
+        _opt_str,
+        "Key sources tried in order, e.g. `header:X-Tenant,cookie:sid` (see docs/configuration.md).",
+    ),
+    Option(
+        "no_key",
+        "AFFINITY_NO_KEY",
+        "local",
+        _choice("local", "reject"),
+        "What a request without a key gets: `local` serves it here, `reject` answers 400.",
+    ),
+    Option(
+        "fallback",
+        "AFFINITY_FALLBACK",
+        "local",
+        _choice("local", "error"),
+        "When no candidate peer accepts a connection: `local` serves here, `error` answers 502.",
+    ),
+    Option(
+        "debug_headers",
+        "AFFINITY_DEBUG_HEADERS",
+        False,
+        _bool,
+        "`1` adds `X-Affinity-Served-By` and `X-Affinity-Owner` to responses.",
+    ),
+    Option("max_attempts", "AFFINITY_MAX_ATTEMPTS", 3, _int, "Distinct peers tried when connections fail."),
+    Option(
+        "connect_timeout", "AFFINITY_CONNECT_TIMEOUT", 1.0, _float, "Seconds to open a connection to a peer."
+    ),
+    Option(
+        "read_timeout",
+        "AFFINITY_READ_TIMEOUT",
+        30.0,
+        _float,
+        "Seconds a peer may take to send response headers, and the longest silence while streaming (504).",
+    ),
+    Option(
+        "keepalive",
+        "AFFINITY_KEEPALIVE",
+        3.0,
+        _float,
+        "Seconds an idle pooled peer connection is kept; below the peers' server keep-alive (uvicorn: 5).",
+    ),
+    Option("pool_size", "AFFINITY_POOL_SIZE", 100, _int, "Most open connections to one peer, per worker."),
+    Option(
+        "transport",
+        "AFFINITY_TRANSPORT",
+        "aiohttp",
+        _choice("aiohttp", "httpx"),
+        "ASGI forwarding client: `aiohttp` (fastest measured) or `httpx`.",
+    ),
+    Option("hop_max_age", "AFFINITY_HOP_MAX_AGE", 30, _int, "Seconds a hop marker stays valid."),
+    Option("vnodes", "AFFINITY_VNODES", 160, _int, "Virtual nodes per unit of weight on the ring."),
+    Option(
+        "max_key_length",
+        "AFFINITY_MAX_KEY_LENGTH",
+        1024,
+        _int,
+        "Longer keys count as no key, so a client cannot make every node hash megabytes.",
+    ),
+    Option(
+        "trusted_proxies",
+        "AFFINITY_TRUSTED_PROXIES",
+        0,
+        _int,
+        "Proxies in front of the app whose `X-Forwarded-For` entries the `ip` key source trusts.",
+    ),
+    Option("jwt_key", "AFFINITY_JWT_KEY", None, _opt_str, "HMAC secret, PEM public key or JWKS URL for `jwt:`."),
+    Option(
+        "jwt_algorithms",
+        "AFFINITY_JWT_ALGORITHMS",
+        (),
+        _list,
+        "Accepted JWT algorithms, e.g. `RS256`; required for `jwt:`; HS and RS/ES/EdDSA never mixed.",
+    ),
+    Option("jwt_audience", "AFFINITY_JWT_AUDIENCE", None, _opt_str, "Exact `aud` a JWT must carry, if set."),
+    Option("jwt_issuer", "AFFINITY_JWT_ISSUER", None, _opt_str, "Exact `iss` a JWT must carry, if set."),
+    Option(
+        "jwt_from",
+        "AFFINITY_JWT_FROM",
+        "header:Authorization",
+        _str,
+        "Where the JWT is read: `header:Authorization` (Bearer), `header:NAME` or `cookie:NAME`.",
+    ),
+    Option(
+        "cookie_secret",
+        "AFFINITY_COOKIE_SECRET",
+        (),
+        _list,
+        "Secret(s) of itsdangerous-signed cookies for `signed-cookie:`; comma-separated, newest last.",
+    ),
+    Option(
+        "cookie_salt",
+        "AFFINITY_COOKIE_SALT",
+        "cookie-session",
+        _str,
+        "Salt of the signed cookie (Flask's session salt by default).",
+    ),
+    Option(
+        "cookie_max_age",
+        "AFFINITY_COOKIE_MAX_AGE",
+        31 * 24 * 3600,
+        _int,
+        "Oldest signed cookie accepted, in seconds (Flask's default session lifetime).",
+    ),
+)
+
+_BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings. Build with :meth:`load`; the fields mirror :data:`OPTIONS`."""
+
+    peers: tuple[str, ...] = ()
+    self_url: str | None = None
+    secret: tuple[str, ...] = ()
+    key: str | Extractor | None = None
+    no_key: str = "local"
+    fallback: str = "local"
+    debug_headers: bool = False
+    max_attempts: int = 3
+    connect_timeout: float = 1.0
+    read_timeout: float = 30.0
+    keepalive: float = 3.0
+    pool_size: int = 100
+    transport: str = "aiohttp"
+    hop_max_age: int = 30
+    vnodes: int = 160
+    max_key_length: int = 1024
+    trusted_proxies: int = 0
+    jwt_key: str | None = None
+    jwt_algorithms: tuple[str, ...] = ()
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_from: str = "header:Authorization"
+    cookie_secret: tuple[str, ...] = ()
+    cookie_salt: str = "cookie-session"
+    cookie_max_age: int = 31 * 24 * 3600
+    extractor: Extractor | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def load(cls, options: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+        """Merge keyword options over the environment, parse, and validate everything at once.
+
+        Every problem is reported in one :class:`ConfigurationError`, so a deploy fails once with the full list
+        instead of once per typo.
+        """
+        options = dict(options or {})
+        env = os.environ if environ is None else environ
+        unknown = sorted(set(options) - set(_BY_NAME))
+        if unknown:
+            raise ConfigurationError(
+                f"Unknown affinity-mw option(s): {', '.join(unknown)}. Valid options: {', '.join(sorted(_BY_NAME))}."
+            )
+        values: dict[str, Any] = {}
+        errors: list[str] = []
+        for option in OPTIONS:
+            if option.name in options and options[option.name] is not None:
+                value = options[option.name]
+                if isinstance(value, str) and option.parse is _list:
+                    value = _list(value)
+                elif isinstance(value, list):
+                    value = tuple(value)
+                values[option.name] = value
+            elif env.get(option.env, "").strip():
+                try:
+                    values[option.name] = option.parse(env[option.env])
+                except ValueError as exc:
+                    errors.append(f"{option.env}: {exc}")
+            else:
+                values[option.name] = option.default
+        if errors:
+            raise ConfigurationError("Invalid affinity-mw settings: " + "; ".join(errors) + ".")
+        settings = cls(**values)
+        return settings._validated()
+
+    def _validated(self) -> Settings:
+        errors: list[str] = []
+        positive = ("max_attempts", "pool_size", "hop_max_age", "vnodes", "max_key_length", "cookie_max_age")
+        for name in positive:
+            if getattr(self, name) < 1:
+                errors.append(f"{name} ({_BY_NAME[name].env}) must be at least 1, got {getattr(self, name)!r}")
+        for name in ("connect_timeout", "read_timeout", "keepalive"):
+            if not getattr(self, name) > 0:
+                errors.append(f"{name} ({_BY_NAME[name].env}) must be a positive number of seconds")
+        if self.trusted_proxies < 0:
+            errors.append("trusted_proxies (AFFINITY_TRUSTED_PROXIES) must be 0 or more")
+        if len(self.peers) > 1 and not self.secret:
+            errors.append("a secret (AFFINITY_SECRET) is required when there is more than one peer")
+        if len(self.peers) > 1 and self.key is None:
+            errors.append("a key source (AFFINITY_KEY or key=) is required when there is more than one peer")
+        if any(len(s) < 16 for s in self.secret):
+            errors.append("every AFFINITY_SECRET must be at least 16 characters long")
+        extractor: Extractor | None = None
+        if callable(self.key):
+            extractor = self.key
+        elif isinstance(self.key, str):
+            try:
+                extractor = from_spec(self.key, self.key_options())
+            except (ValueError, ImportError) as exc:
+                errors.append(f"AFFINITY_KEY: {exc}")
+        elif self.key is not None:
+            errors.append(f"key must be a spec string or a callable, got {type(self.key).__name__}")
+        if errors:
+            raise ConfigurationError("Invalid affinity-mw settings: " + "; ".join(errors) + ".")
+        object.__setattr__(self, "extractor", extractor)
+        return self
+
+    def key_options(self) -> KeyOptions:
+        return KeyOptions(
+            jwt_key=self.jwt_key,
+            jwt_algorithms=tuple(self.jwt_algorithms),
+            jwt_audience=self.jwt_audience,
+            jwt_issuer=self.jwt_issuer,
+            jwt_from=self.jwt_from,
+            cookie_secret=tuple(self.cookie_secret),
+            cookie_salt=self.cookie_salt,
+            cookie_max_age=self.cookie_max_age,
+            trusted_proxies=self.trusted_proxies,
+        )
+

@@ -1,0 +1,100 @@
+"""The hop marker: a signed header that says "a cluster member already routed this request".
+
+A node that forwards a request adds ``X-Affinity-Hop``. The receiver serves any request with a valid marker where
+it lands, even if its own ring disagrees, so a request crosses at most one hop and two nodes with different
+member lists can never bounce it between them. The marker is signed with the cluster secret (itsdangerous,
+HMAC, timestamped), so a client cannot forge one to pin itself to a node, and a captured marker expires after
+``max_age`` seconds and is bound to the hash of one key.
+
+The marker also carries what the receiving node needs to show its app the request as the first node saw it:
+the client's address and scheme, and which ``X-Forwarded-*`` headers the forwarder added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from itsdangerous import BadData, TimestampSigner
+
+__all__ = ["HOP_HEADER", "INTERNAL_PREFIX", "HopMarker", "HopSigner"]
+
+HOP_HEADER = b"x-affinity-hop"
+INTERNAL_PREFIX = b"x-affinity-"
+_SEP = "|"
+
+
+class HopMarker:
+    """What a valid marker says. ``added`` lists the X-Forwarded-* headers the forwarder added ("f", "p", "h")."""
+
+    __slots__ = ("added", "attempt", "client_host", "client_port", "key_hash", "ring_checksum", "scheme", "sender")
+
+    def __init__(
+        self,
+        sender: str,
+        key_hash: int,
+        ring_checksum: str,
+        attempt: int,
+        client_host: str | None,
+        client_port: int,
+        scheme: str,
+        added: str,
+    ) -> None:
+        self.sender = sender
+        self.key_hash = key_hash
+        self.ring_checksum = ring_checksum
+        self.attempt = attempt
+        self.client_host = client_host
+        self.client_port = client_port
+        self.scheme = scheme
+        self.added = added
+
+    def __repr__(self) -> str:
+        return f"HopMarker(sender={self.sender!r}, key_hash={self.key_hash:016x}, attempt={self.attempt})"
+
+
+class HopSigner:
+    """Signs and verifies hop markers with the cluster secret.
+
+    ``secret_keys`` is a list for rotation, oldest to newest: the newest signs, every one verifies, so a secret can
+    be rotated by deploying ``old,new`` everywhere, then ``new``. The salt is fixed and specific to this purpose,
+    so a marker can never be replayed as any other itsdangerous token signed with the same secret.
+    """
+
+    def __init__(self, secret_keys: str | Sequence[str], *, max_age: int = 30) -> None:
+        keys = [secret_keys] if isinstance(secret_keys, str) else list(secret_keys)
+        if not keys or not all(keys):
+            raise ValueError("The hop marker needs at least one non-empty secret key (AFFINITY_SECRET).")
+        if max_age < 1:
+            raise ValueError(f"The hop marker max_age must be at least 1 second, got {max_age!r}.")
+        self.max_age = max_age
+        self._signer = TimestampSigner(keys, salt="affinity-mw.hop.v1", digest_method=hashlib.sha256)
+
+    def sign(
+        self,
+        *,
+        sender: str,
+        key_hash: int,
+        ring_checksum: str,
+        attempt: int = 1,
+        client: tuple[str, int] | None = None,
+        scheme: str = "http",
+        added: str = "",
+    ) -> bytes:
+        host, port = client if client is not None else ("", 0)
+        fields = (sender, f"{key_hash:016x}", ring_checksum, str(attempt), host, str(port), scheme, added)
+        if any(_SEP in part for part in fields):
+            raise ValueError("Hop marker fields must not contain '|'.")
+        return self._signer.sign(_SEP.join(fields))
+
+    def verify(self, token: bytes | str) -> HopMarker | None:
+        """The marker's content if it is authentic and fresh, else ``None`` (never raises on client input)."""
+        try:
+            payload = self._signer.unsign(token, max_age=self.max_age).decode("utf-8")
+            sender, key_hash, checksum, attempt, host, port, scheme, added = payload.split(_SEP)
+            return HopMarker(
+                sender, int(key_hash, 16), checksum, int(attempt), host or None, int(port), scheme, added
+            )
+        except (BadData, ValueError, UnicodeDecodeError):
+            return None
+

@@ -1,0 +1,79 @@
+"""Who is in the cluster, and which member is this process: static, gossip-free membership.
+
+Membership is deliberately boring: a list of base URLs that every node is given the same way (environment,
+code, or later DNS). Nodes never talk to each other about who is a member; when two nodes disagree (during a
+rollout) the signed hop marker still guarantees at most one hop, and the ring checksum makes the disagreement
+visible. Readers take ``membership.ring`` once per request; a change builds a new ring and swaps that one
+reference, so a request finishes on the ring it started with and the hot path takes no lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from .ring import HashRing, Node
+
+__all__ = ["StaticMembership", "normalize_url"]
+
+
+def normalize_url(url: str) -> str:
+    """Canonical form of a node's base URL, so ``HTTP://Host:80/`` and ``http://host`` are the same node.
+
+    Every node must derive the same ring from the same list, so spelling differences must not create different
+    node ids. Only a scheme, a host and a port are allowed: a path, query or credentials in a peer URL is almost
+    always a copy-paste mistake, and silently dropping it would route to the wrong place.
+    """
+    raw = url.strip()
+    try:
+        parts = urlsplit(raw)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"Peer URL {url!r} is malformed: {exc}.") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"Peer URL {url!r} must start with http:// or https://.")
+    if not parts.hostname:
+        raise ValueError(f"Peer URL {url!r} has no host.")
+    if parts.username or parts.password:
+        raise ValueError(f"Peer URL {url!r} must not carry credentials.")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"Peer URL {url!r} must be a base URL (scheme, host and port only, no path or query).")
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default_port = 443 if parts.scheme == "https" else 80
+    port = default_port if port is None else port
+    return f"{parts.scheme}://{host}:{port}"
+
+
+class StaticMembership:
+    """A fixed member list, validated at start-up.
+
+    ``self_url`` names this node. It may be omitted only for a single-member cluster (that member is then this
+    node) or for a node that is deliberately not a member: such a node forwards every keyed request and serves
+    locally only what carries a valid hop marker.
+    """
+
+    def __init__(self, peers: Iterable[str], self_url: str | None = None, *, vnodes: int = 160) -> None:
+        seen: dict[str, str] = {}
+        nodes: list[Node] = []
+        for raw in peers:
+            url = normalize_url(raw)
+            if url in seen:
+                raise ValueError(f"Peer {raw!r} is listed twice (as {seen[url]!r} and {raw!r}).")
+            seen[url] = raw
+            nodes.append(Node(id=url, address=url))
+        self_id: str | None = None
+        if self_url is not None:
+            self_id = normalize_url(self_url)
+            if nodes and self_id not in seen:
+                raise ValueError(
+                    f"This node ({self_url!r}, AFFINITY_SELF) is not one of the peers ({', '.join(seen.values())})."
+                )
+        elif len(nodes) == 1:
+            self_id = nodes[0].id
+        self.self_id = self_id
+        self.ring = HashRing(nodes, vnodes=vnodes)
+
+    def __repr__(self) -> str:
+        return f"StaticMembership(self={self.self_id!r}, ring={self.ring!r})"

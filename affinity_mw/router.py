@@ -1,0 +1,171 @@
+"""The routing decision: serve here, forward to the key's owner (with a failover order), or reject.
+
+This module does no I/O and knows no framework. Adapters hand it a :class:`~affinity_mw.request.RequestView` and
+the raw hop header; it returns a :class:`Decision` that the adapter carries out and also exposes to the app, so
+an app can log or assert where its requests were routed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .hop import HopMarker, HopSigner
+from .keys import Extractor
+from .request import RequestView
+from .ring import HashRing, Node, hash_key
+
+__all__ = ["Decision", "Router"]
+
+logger = logging.getLogger("affinity_mw")
+
+LOCAL = "local"
+FORWARD = "forward"
+REJECT = "reject"
+
+
+class Decision:
+    """Where one request goes, and why.
+
+    ``action`` is ``"local"``, ``"forward"`` or ``"reject"``. ``reason`` says why: ``owner`` (this node owns the
+    key), ``hop`` (a peer already routed it here), ``no-key``, ``single-node``, ``not-member``, ``failover``
+    (the owner was unreachable and this node is next), ``fallback`` (no peer was reachable). ``candidates`` is the
+    failover order for a forward, owner first. ``served_by`` is filled in by the forwarder with the peer that
+    answered; ``attempts`` counts connection attempts.
+    """
+
+    __slots__ = (
+        "action",
+        "attempts",
+        "candidates",
+        "key",
+        "key_hash",
+        "marker",
+        "owner",
+        "reason",
+        "ring",
+        "served_by",
+    )
+
+    def __init__(
+        self,
+        action: str,
+        reason: str,
+        ring: HashRing,
+        key: str | None = None,
+        key_hash: int | None = None,
+        owner: Node | None = None,
+        candidates: tuple[Node, ...] = (),
+        marker: HopMarker | None = None,
+    ) -> None:
+        self.action = action
+        self.reason = reason
+        self.ring = ring
+        self.key = key
+        self.key_hash = key_hash
+        self.owner = owner
+        self.candidates = candidates
+        self.marker = marker
+        self.served_by: str | None = None
+        self.attempts = 0
+
+    @property
+    def local(self) -> bool:
+        return self.action == LOCAL
+
+    @property
+    def hops(self) -> int:
+        """Hops this request has taken before reaching the node that serves it (0 or 1)."""
+        return 1 if self.marker is not None else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "reason": self.reason,
+            "key": self.key,
+            "owner": self.owner.id if self.owner else None,
+            "candidates": [node.id for node in self.candidates],
+            "served_by": self.served_by,
+            "hops": self.hops,
+            "attempts": self.attempts,
+            "ring_checksum": self.ring.checksum,
+            "sender": self.marker.sender if self.marker else None,
+        }
+
+    def __repr__(self) -> str:
+        owner = self.owner.id if self.owner else None
+        return f"Decision(action={self.action!r}, reason={self.reason!r}, key={self.key!r}, owner={owner!r})"
+
+
+class Router:
+    """Turns a request into a :class:`Decision`, given the current ring, this node's id and the hop signer.
+
+    ``membership`` is anything with ``ring`` and ``self_id`` attributes; the ring is read once per request so a
+    membership change between two reads cannot split one decision across two rings.
+    """
+
+    def __init__(
+        self,
+        *,
+        membership: Any,
+        extractor: Extractor | None,
+        signer: HopSigner | None,
+        no_key: str = "local",
+        max_attempts: int = 3,
+        max_key_length: int = 1024,
+    ) -> None:
+        self.membership = membership
+        self.extractor = extractor
+        self.signer = signer
+        self.reject_without_key = no_key == "reject"
+        self.max_attempts = max_attempts
+        self.max_key_length = max_key_length
+
+    def extract(self, view: RequestView) -> str | None:
+        """The request's key, or ``None``. A failing custom extractor must not turn into a 500 for the client."""
+        if self.extractor is None:
+            return None
+        try:
+            key = self.extractor(view)
+        except Exception:
+            logger.exception("affinity-mw: key extractor %r raised; treating the request as having no key",
+                             self.extractor)
+            return None
+        if not key or len(key) > self.max_key_length:
+            return None
+        return key
+
+    def decide(self, view: RequestView, hop_token: bytes | None = None) -> Decision:
+        ring: HashRing = self.membership.ring
+        key = self.extract(view)
+        if key is None:
+            if self.reject_without_key:
+                return Decision(REJECT, "no-key", ring)
+            return Decision(LOCAL, "no-key", ring)
+        key_hash = hash_key(key)
+        if hop_token is not None and self.signer is not None:
+            marker = self.signer.verify(hop_token)
+            if marker is not None and marker.key_hash == key_hash:
+                return Decision(LOCAL, "hop", ring, key, key_hash, ring.owner(key_hash), marker=marker)
+            logger.debug("affinity-mw: ignoring an invalid, stale or mismatched hop marker")
+        owner = ring.owner(key_hash)
+        self_id = self.membership.self_id
+        if owner is None or len(ring) == 1 and owner.id == self_id:
+            return Decision(LOCAL, "single-node", ring, key, key_hash, owner)
+        if owner.id == self_id:
+            return Decision(LOCAL, "owner", ring, key, key_hash, owner)
+        candidates: list[Node] = []
+        for node in ring.successors(key_hash, self.max_attempts + 1):
+            if node.id == self_id or len(candidates) == self.max_attempts:
+                break
+            candidates.append(node)
+        return Decision(FORWARD, "owner" if self_id else "not-member", ring, key, key_hash, owner, tuple(candidates))
+
+    def self_is_next(self, decision: Decision) -> bool:
+        """After every candidate failed: is this node the next owner on the ring, so serving here is still right?"""
+        if decision.key_hash is None or self.membership.self_id is None:
+            return False
+        for node in decision.ring.successors(decision.key_hash, len(decision.candidates) + 1):
+            if node.id == self.membership.self_id:
+                return True
+        return False
