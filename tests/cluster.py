@@ -1,0 +1,165 @@
+"""Real multi-node clusters for the integration tests: one server process per node on 127.0.0.x.
+
+Every process a test starts is stopped by it (``Cluster`` is a context manager; fixtures use it), and every
+address is on loopback. Nodes log to files under the test's tmp dir; a node that fails to start raises with its
+log so the failure explains itself.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "test-cluster-secret-0123456789abcdef"
+
+
+def free_port(hosts: Sequence[str]) -> int:
+    """A port free on every host, so node i can be http://127.0.0.i:PORT with one PORT for all."""
+    for _ in range(200):
+        port = random.randint(20000, 60000)
+        socks = []
+        try:
+            for host in hosts:
+                s = socket.socket()
+                socks.append(s)
+                s.bind((host, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port found on " + ", ".join(hosts))
+
+
+class ServerNode:
+    def __init__(self, index: int, host: str, port: int, cmd: list[str], env: dict[str, str], log: Path) -> None:
+        self.index = index
+        self.host = host
+        self.port = port
+        self.url = f"http://{host}:{port}"
+        self.cmd = cmd
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"node {self.url} exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1.0, trust_env=False).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"node {self.url} not ready after {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Cluster:
+    """``n`` nodes of one app on 127.0.0.1..n sharing a port; each node's AFFINITY_* env is set from the args.
+
+    ``peers`` overrides the member list per node (to build clusters that disagree); ``node_env`` adds per-node
+    variables.
+    """
+
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        n: int = 3,
+        app: str = "tests.apps.asgi_app:app",
+        env: Mapping[str, str] | None = None,
+        node_env: Sequence[Mapping[str, str]] | None = None,
+        server: str = "uvicorn",
+    ) -> None:
+        hosts = [f"127.0.0.{i + 1}" for i in range(n)]
+        self.port = free_port(hosts)
+        self.urls = [f"http://{h}:{self.port}" for h in hosts]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
+        base.update(
+            {
+                "AFFINITY_PEERS": ",".join(self.urls),
+                "AFFINITY_SECRET": SECRET,
+                "AFFINITY_KEY": "header:X-Tenant",
+                "AFFINITY_DEBUG_HEADERS": "1",
+                "PYTHONPATH": str(ROOT),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        base.update(env or {})
+        self.nodes: list[ServerNode] = []
+        for i, host in enumerate(hosts):
+            node_vars = dict(base, AFFINITY_SELF=self.urls[i])
+            if node_env is not None:
+                node_vars.update(node_env[i])
+            if server == "uvicorn":
+                cmd = [
+                    sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(self.port),
+                    "--log-level", "warning", "--no-access-log",
+                ]
+            else:
+                raise ValueError(f"unknown server {server!r}")
+            self.nodes.append(ServerNode(i, host, self.port, cmd, node_vars, tmp / f"node{i + 1}.log"))
+
+    def start(self) -> Cluster:
+        for node in self.nodes:
+            node.start()
+        for node in self.nodes:
+            node.wait_ready()
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> Cluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n.url}\n{n.log.read_text() if n.log.exists() else ''}" for n in self.nodes)
+
+
+def kill(node: ServerNode) -> None:
+    node.stop(signal.SIGKILL)
