@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -212,7 +213,7 @@ class AffinityMiddleware:
             try:
                 response = await self.transport.send(request)
             except ConnectFailed as exc:
-                logger.warning("affinity-mw: cannot connect to %s (%s); trying the next owner", node.id, exc)
+                _warn_rate_limited(node.id, "affinity-mw: cannot connect to %s (%s); trying the next owner", exc)
                 if body is not None and body.started:
                     await _plain(send, 502, b"The key's owner failed while receiving the request body.\n")
                     return
@@ -330,6 +331,17 @@ class _RequestBody:
             if not message.get("more_body", False):
                 self.done = True
                 return
+
+
+_last_warned: dict[str, float] = {}
+
+
+def _warn_rate_limited(peer: str, message: str, exc: BaseException) -> None:
+    """One warning per peer per 10 s: a dead peer must not turn every forwarded request into a log line."""
+    now = time.monotonic()
+    if now - _last_warned.get(peer, -1e9) >= 10.0:
+        _last_warned[peer] = now
+        logger.warning(message, peer, exc)
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -1,0 +1,228 @@
+"""Unit tests of the ASGI middleware's own logic, with a scripted transport (the real one is proven in
+test_cluster_asgi.py against real uvicorn nodes)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from affinity_mw import AffinityMiddleware, StaticMembership, hash_key
+from affinity_mw.forward import ConnectFailed, SendFailed, UpstreamRequest, UpstreamTimeout
+
+URLS = ["http://127.0.0.1:1", "http://127.0.0.2:1", "http://127.0.0.3:1"]
+SECRET = "asgi-unit-secret-0123456789"
+RING = StaticMembership(URLS).ring
+
+
+def tenant_where(predicate: Any) -> str:
+    for i in range(1000):
+        t = f"t{i}"
+        if predicate([n.id for n in RING.successors(hash_key(t))]):
+            return t
+    raise AssertionError
+
+
+def owned_by(url: str) -> str:
+    return tenant_where(lambda order: order[0] == url)
+
+
+class Response:
+    def __init__(self, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None,
+                 chunks: list[bytes] | None = None, fail_after: int | None = None) -> None:
+        self.status = status
+        self.headers = headers or []
+        self.chunks = chunks or [b"ok"]
+        self.fail_after = fail_after
+        self.closed: bool | None = None
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        for i, chunk in enumerate(self.chunks):
+            if self.fail_after is not None and i == self.fail_after:
+                raise SendFailed("peer died mid-body")
+            yield chunk
+
+    async def aclose(self, *, reusable: bool) -> None:
+        self.closed = reusable
+
+
+class ScriptedTransport:
+    """Answers each attempt from a script: an exception to raise or a Response to return."""
+
+    def __init__(self, *script: Any) -> None:
+        self.script = list(script)
+        self.requests: list[UpstreamRequest] = []
+        self.bodies: list[bytes] = []
+
+    async def send(self, request: UpstreamRequest) -> Any:
+        self.requests.append(request)
+        outcome = self.script.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        if request.body is not None:
+            self.bodies.append(b"".join([c async for c in request.body]))
+        return outcome
+
+    async def aclose(self) -> None:
+        pass
+
+
+SEEN: list[dict[str, Any]] = []
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        scope["seen"] = scope["type"]
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    SEEN.append(scope)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"local")]})
+    await send({"type": "http.response.body", "body": b"local:" + body})
+
+
+def middleware(transport: Any = None, self_url: str = URLS[0], **options: Any) -> AffinityMiddleware:
+    options = {"peers": URLS, "self_url": self_url, "secret": SECRET, "key": "header:X-Tenant", **options}
+    return AffinityMiddleware(app, transport=transport or ScriptedTransport(), **options)
+
+
+def call(mw: AffinityMiddleware, tenant: str | None, method: str = "GET", body: bytes = b"",
+         headers: list[tuple[bytes, bytes]] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    hdrs = list(headers or [])
+    if tenant is not None:
+        hdrs.append((b"x-tenant", tenant.encode()))
+    if body:
+        hdrs.append((b"content-length", str(len(body)).encode()))
+    scope: dict[str, Any] = {
+        "type": "http", "method": method, "path": "/p", "raw_path": b"/p", "query_string": b"q=1",
+        "headers": hdrs, "client": ("10.9.9.9", 1234), "scheme": "http", "server": ("127.0.0.1", 1),
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(mw(scope, receive, send))
+    return scope, sent
+
+
+def test_non_http_scopes_pass_straight_through() -> None:
+    mw = middleware()
+    for kind in ("websocket", "lifespan"):
+        scope: dict[str, Any] = {"type": kind}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "lifespan.shutdown"}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        asyncio.run(mw(scope, receive, send))
+        assert scope["seen"] == kind
+
+
+def test_local_owner_serves_and_exposes_decision_and_debug_headers() -> None:
+    tenant = owned_by(URLS[0])
+    scope, sent = call(middleware(debug_headers=True), tenant)
+    assert sent[1]["body"] == b"local:"
+    decision = scope["state"]["affinity"]
+    assert (decision.action, decision.reason, decision.key) == ("local", "owner", tenant)
+    headers = dict(sent[0]["headers"])
+    assert headers[b"x-affinity-served-by"] == URLS[0].encode() and headers[b"x-affinity-owner"] == URLS[0].encode()
+
+
+def test_internal_headers_from_clients_never_reach_the_app() -> None:
+    tenant = owned_by(URLS[0])
+    scope, _ = call(middleware(), tenant, headers=[(b"x-affinity-hop", b"forged"), (b"x_affinity_owner", b"x")])
+    assert [n for n, _ in SEEN[-1]["headers"]] == [b"x-tenant"]
+
+
+def test_forward_targets_owner_with_marker_and_streams_back() -> None:
+    tenant = owned_by(URLS[1])
+    transport = ScriptedTransport(Response(201, [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")], [b"x", b"y"]))
+    _, sent = call(middleware(transport), tenant, "POST", b"payload")
+    request = transport.requests[0]
+    assert request.url_base == URLS[1] and request.target == "/p?q=1" and request.content_length == 7
+    assert transport.bodies == [b"payload"]
+    assert any(n == b"x-affinity-hop" for n, _ in request.headers)
+    assert sent[0]["status"] == 201 and sent[0]["headers"] == [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]
+    assert b"".join(m.get("body", b"") for m in sent[1:]) == b"xy"
+    assert sent[-1]["more_body"] is False
+
+
+def test_connect_failure_moves_to_next_successor_then_self() -> None:
+    tenant = tenant_where(lambda order: order[0] == URLS[1] and order[1] == URLS[2])
+    transport = ScriptedTransport(ConnectFailed("refused"), Response())
+    scope, sent = call(middleware(transport), tenant, "POST", b"body")
+    assert [r.url_base for r in transport.requests] == [URLS[1], URLS[2]]
+    assert transport.bodies == [b"body"]
+    tenant = tenant_where(lambda order: order[0] == URLS[1] and order[1] == URLS[0])
+    transport = ScriptedTransport(ConnectFailed("refused"))
+    scope, sent = call(middleware(transport), tenant, "POST", b"body")
+    assert sent[1]["body"] == b"local:body"
+    assert SEEN[-1]["state"]["affinity"].reason == "failover"
+
+
+def test_all_unreachable_fallback_policy() -> None:
+    tenant = tenant_where(lambda order: order[0] == URLS[1] and order[1] == URLS[2] and order[2] == URLS[0])
+    transport = ScriptedTransport(ConnectFailed("a"), ConnectFailed("b"))
+    _, sent = call(middleware(transport, self_url=URLS[0], max_attempts=2), tenant)
+    assert sent[1]["body"] == b"local:"
+    # A node that is not a member and may not serve locally answers 502.
+    mw = AffinityMiddleware(app, transport=ScriptedTransport(*[ConnectFailed("x")] * 3), peers=URLS,
+                            secret=SECRET, key="header:X-Tenant", fallback="error")
+    _, sent = call(mw, tenant)
+    assert sent[0]["status"] == 502
+
+
+def test_post_is_never_sent_twice_but_get_retries_once() -> None:
+    tenant = tenant_where(lambda order: order[0] == URLS[1] and order[1] == URLS[2])
+    transport = ScriptedTransport(SendFailed("reset"), Response())
+    _, sent = call(middleware(transport), tenant, "POST", b"once")
+    assert len(transport.requests) == 1 and sent[0]["status"] == 502
+    transport = ScriptedTransport(SendFailed("reset"), Response())
+    _, sent = call(middleware(transport), tenant, "GET")
+    assert len(transport.requests) == 2 and sent[0]["status"] == 200
+    transport = ScriptedTransport(SendFailed("reset"), SendFailed("reset again"), Response())
+    _, sent = call(middleware(transport), tenant, "GET")
+    assert len(transport.requests) == 2 and sent[0]["status"] == 502
+
+
+def test_timeout_is_504() -> None:
+    tenant = owned_by(URLS[1])
+    _, sent = call(middleware(ScriptedTransport(UpstreamTimeout("slow"))), tenant)
+    assert sent[0]["status"] == 504
+
+
+def test_peer_dying_mid_body_aborts_instead_of_ending_cleanly() -> None:
+    tenant = owned_by(URLS[1])
+    response = Response(200, [], [b"a", b"b", b"c"], fail_after=1)
+    with pytest.raises(SendFailed):
+        call(middleware(ScriptedTransport(response)), tenant)
+    assert response.closed is False
+
+
+def test_short_body_against_content_length_aborts() -> None:
+    tenant = owned_by(URLS[1])
+    response = Response(200, [(b"content-length", b"10")], [b"abc"])
+    with pytest.raises(Exception, match="Content-Length"):
+        call(middleware(ScriptedTransport(response)), tenant)
+    assert response.closed is False
+
+
+def test_reject_policy() -> None:
+    _, sent = call(middleware(no_key="reject"), None)
+    assert sent[0]["status"] == 400

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from affinity_mw import keys
+from affinity_mw.hop import HopSigner
+from affinity_mw.membership import StaticMembership
+from affinity_mw.request import RequestView
+from affinity_mw.ring import hash_key
+from affinity_mw.router import Router
+
+URLS = ["http://127.0.0.1:1", "http://127.0.0.2:1", "http://127.0.0.3:1"]
+SIGNER = HopSigner("router-test-secret-0123456789")
+
+
+def router(self_url: str | None = URLS[0], no_key: str = "local", **kw: object) -> Router:
+    return Router(
+        membership=StaticMembership(URLS, self_url),
+        extractor=keys.header("X-Tenant"),
+        signer=SIGNER,
+        no_key=no_key,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def view(tenant: str | None = None) -> RequestView:
+    headers = [(b"x-tenant", tenant.encode())] if tenant is not None else []
+    return RequestView("GET", "/", b"", headers, "127.0.0.9")
+
+
+def tenants_owned_by(url: str, n: int = 5) -> list[str]:
+    ring = StaticMembership(URLS).ring
+    return [t for t in (f"t{i}" for i in range(500)) if ring.owner_of(t).id == url][:n]  # type: ignore[union-attr]
+
+
+def test_owner_is_local_others_forward_in_ring_order() -> None:
+    r = router()
+    for tenant in tenants_owned_by(URLS[0]):
+        d = r.decide(view(tenant))
+        assert (d.action, d.reason, d.owner.id) == ("local", "owner", URLS[0])  # type: ignore[union-attr]
+    ring = StaticMembership(URLS).ring
+    for tenant in tenants_owned_by(URLS[1]):
+        d = r.decide(view(tenant))
+        assert d.action == "forward" and d.candidates[0].id == URLS[1]
+        order = [n.id for n in ring.successors(hash_key(tenant))]
+        # Candidates stop before this node: reaching it means this node is the next owner.
+        assert [n.id for n in d.candidates] == order[: order.index(URLS[0])]
+        assert r.self_is_next(d) == (URLS[0] in order[: len(d.candidates) + 1])
+
+
+def test_no_key_policies() -> None:
+    assert router().decide(view()).action == "local"
+    assert router().decide(view()).reason == "no-key"
+    assert router(no_key="reject").decide(view()).action == "reject"
+    assert router().decide(view("")).reason == "no-key"
+    assert router(max_key_length=8).decide(view("x" * 9)).reason == "no-key"
+
+
+def test_failing_custom_extractor_is_no_key() -> None:
+    def broken(request: RequestView) -> str | None:
+        raise RuntimeError("bug in user code")
+
+    r = Router(membership=StaticMembership(URLS, URLS[0]), extractor=broken, signer=SIGNER)
+    assert r.decide(view("t")).reason == "no-key"
+
+
+def test_valid_marker_served_here_only_for_its_key() -> None:
+    r = router()
+    tenant = tenants_owned_by(URLS[1])[0]
+    good = SIGNER.sign(sender=URLS[2], key_hash=hash_key(tenant), ring_checksum="c")
+    d = r.decide(view(tenant), good)
+    assert (d.action, d.reason, d.hops) == ("local", "hop", 1)
+    other = SIGNER.sign(sender=URLS[2], key_hash=hash_key("other"), ring_checksum="c")
+    assert r.decide(view(tenant), other).action == "forward"
+    forged = HopSigner("another-secret-0123456789").sign(sender=URLS[2], key_hash=hash_key(tenant), ring_checksum="c")
+    assert r.decide(view(tenant), forged).action == "forward"
+    assert r.decide(view(tenant), b"garbage").action == "forward"
+
+
+def test_non_member_forwards_everything_and_single_node_serves_all() -> None:
+    r = Router(membership=StaticMembership(URLS), extractor=keys.header("X-Tenant"), signer=SIGNER)
+    d = r.decide(view("t1"))
+    assert d.action == "forward" and d.reason == "not-member" and len(d.candidates) == 3
+    assert not r.self_is_next(d)
+    solo = Router(membership=StaticMembership(URLS[:1]), extractor=keys.header("X-Tenant"), signer=None)
+    assert solo.decide(view("t1")).reason == "single-node"
+
+
+def test_max_attempts_caps_candidates() -> None:
+    r = Router(membership=StaticMembership(URLS), extractor=keys.header("X-Tenant"), signer=SIGNER, max_attempts=1)
+    assert len(r.decide(view("t1")).candidates) == 1
