@@ -126,7 +126,11 @@ class AffinityMiddleware:
                     hop_token = value
         client = scope.get("client")
         view = RequestView(
-            scope["method"], scope["path"], scope["query_string"], headers, client[0] if client else None,
+            scope["method"],
+            scope["path"],
+            scope["query_string"],
+            headers,
+            client[0] if client else None,
             scope["scheme"],
         )
         decision = self.router.decide(view, hop_token)
@@ -354,7 +358,10 @@ async def _plain(send: Send, status: int, text: bytes) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(text)).encode())],
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(text)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": text, "more_body": False})

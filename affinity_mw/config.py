@@ -74,7 +74,13 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("peers", "AFFINITY_PEERS", (), _list, "Comma-separated base URLs of every node, this one included."),
-    Option("self_url", "AFFINITY_SELF", None, _opt_str, "This node's base URL, exactly as it appears in the peers."),
+    Option(
+        "self_url",
+        "AFFINITY_SELF",
+        None,
+        _opt_str,
+        "This node's base URL, exactly as it appears in the peers.",
+    ),
     Option(
         "secret",
         "AFFINITY_SECRET",
@@ -111,9 +117,7 @@ OPTIONS: tuple[Option, ...] = (
         "`1` adds `X-Affinity-Served-By` and `X-Affinity-Owner` to responses.",
     ),
     Option("max_attempts", "AFFINITY_MAX_ATTEMPTS", 3, _int, "Distinct peers tried when connections fail."),
-    Option(
-        "connect_timeout", "AFFINITY_CONNECT_TIMEOUT", 1.0, _float, "Seconds to open a connection to a peer."
-    ),
+    Option("connect_timeout", "AFFINITY_CONNECT_TIMEOUT", 1.0, _float, "Seconds to open a connection to a peer."),
     Option(
         "read_timeout",
         "AFFINITY_READ_TIMEOUT",
@@ -170,6 +174,13 @@ OPTIONS: tuple[Option, ...] = (
         "Where the JWT is read: `header:Authorization` (Bearer), `header:NAME` or `cookie:NAME`.",
     ),
     Option(
+        "jwt_leeway",
+        "AFFINITY_JWT_LEEWAY",
+        0.0,
+        _float,
+        "Seconds of clock skew tolerated on a JWT's `exp`/`nbf`/`iat`.",
+    ),
+    Option(
         "cookie_secret",
         "AFFINITY_COOKIE_SECRET",
         (),
@@ -221,6 +232,7 @@ class Settings:
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_from: str = "header:Authorization"
+    jwt_leeway: float = 0.0
     cookie_secret: tuple[str, ...] = ()
     cookie_salt: str = "cookie-session"
     cookie_max_age: int = 31 * 24 * 3600
@@ -268,6 +280,8 @@ class Settings:
         for name in positive:
             if getattr(self, name) < 1:
                 errors.append(f"{name} ({_BY_NAME[name].env}) must be at least 1, got {getattr(self, name)!r}")
+        if self.jwt_leeway < 0:
+            errors.append("jwt_leeway (AFFINITY_JWT_LEEWAY) must be 0 or more seconds")
         for name in ("connect_timeout", "read_timeout", "keepalive"):
             if not getattr(self, name) > 0:
                 errors.append(f"{name} ({_BY_NAME[name].env}) must be a positive number of seconds")
@@ -301,9 +315,9 @@ class Settings:
             jwt_audience=self.jwt_audience,
             jwt_issuer=self.jwt_issuer,
             jwt_from=self.jwt_from,
+            jwt_leeway=self.jwt_leeway,
             cookie_secret=tuple(self.cookie_secret),
             cookie_salt=self.cookie_salt,
             cookie_max_age=self.cookie_max_age,
             trusted_proxies=self.trusted_proxies,
         )
-

@@ -27,7 +27,16 @@ _SEP = "|"
 class HopMarker:
     """What a valid marker says. ``added`` lists the X-Forwarded-* headers the forwarder added ("f", "p", "h")."""
 
-    __slots__ = ("added", "attempt", "client_host", "client_port", "key_hash", "ring_checksum", "scheme", "sender")
+    __slots__ = (
+        "added",
+        "attempt",
+        "client_host",
+        "client_port",
+        "key_hash",
+        "ring_checksum",
+        "scheme",
+        "sender",
+    )
 
     def __init__(
         self,
@@ -92,9 +101,6 @@ class HopSigner:
         try:
             payload = self._signer.unsign(token, max_age=self.max_age).decode("utf-8")
             sender, key_hash, checksum, attempt, host, port, scheme, added = payload.split(_SEP)
-            return HopMarker(
-                sender, int(key_hash, 16), checksum, int(attempt), host or None, int(port), scheme, added
-            )
+            return HopMarker(sender, int(key_hash, 16), checksum, int(attempt), host or None, int(port), scheme, added)
         except (BadData, ValueError, UnicodeDecodeError):
             return None
-

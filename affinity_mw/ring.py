@@ -68,9 +68,7 @@ class Node:
         if not isinstance(self.address, str):
             raise ValueError(f"The address of node {self.id!r} must be a string, got {self.address!r}.")
         if isinstance(self.weight, bool) or not isinstance(self.weight, int) or self.weight < 1:
-            raise ValueError(
-                f"The weight of node {self.id!r} must be an integer of at least 1, got {self.weight!r}."
-            )
+            raise ValueError(f"The weight of node {self.id!r} must be an integer of at least 1, got {self.weight!r}.")
 
 
 def hash_key(key: str) -> int:
@@ -139,9 +137,7 @@ class HashRing:
         self._nodes = ordered
         self._by_id = by_id
         self._vnodes = vnodes
-        canonical = json.dumps(
-            [_CHECKSUM_VERSION, vnodes, [[n.id, n.weight] for n in ordered]], separators=(",", ":")
-        )
+        canonical = json.dumps([_CHECKSUM_VERSION, vnodes, [[n.id, n.weight] for n in ordered]], separators=(",", ":"))
         self._checksum = blake2b(canonical.encode("ascii"), digest_size=6).hexdigest()
 
     # Read-only views: the ring is shared between threads and tasks without locks, so nothing may change it.

@@ -128,8 +128,9 @@ class Router:
         try:
             key = self.extractor(view)
         except Exception:
-            logger.exception("affinity-mw: key extractor %r raised; treating the request as having no key",
-                             self.extractor)
+            logger.exception(
+                "affinity-mw: key extractor %r raised; treating the request as having no key", self.extractor
+            )
             return None
         if not key or len(key) > self.max_key_length:
             return None
@@ -150,7 +151,7 @@ class Router:
             logger.debug("affinity-mw: ignoring an invalid, stale or mismatched hop marker")
         owner = ring.owner(key_hash)
         self_id = self.membership.self_id
-        if owner is None or len(ring) == 1 and owner.id == self_id:
+        if owner is None or (len(ring) == 1 and owner.id == self_id):
             return Decision(LOCAL, "single-node", ring, key, key_hash, owner)
         if owner.id == self_id:
             return Decision(LOCAL, "owner", ring, key, key_hash, owner)

@@ -127,8 +127,17 @@ class Cluster:
                 node_vars.update(node_env[i])
             if server == "uvicorn":
                 cmd = [
-                    sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(self.port),
-                    "--log-level", "warning", "--no-access-log",
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    app,
+                    "--host",
+                    host,
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
                 ]
             else:
                 raise ValueError(f"unknown server {server!r}")

@@ -30,8 +30,13 @@ def owned_by(url: str) -> str:
 
 
 class Response:
-    def __init__(self, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None,
-                 chunks: list[bytes] | None = None, fail_after: int | None = None) -> None:
+    def __init__(
+        self,
+        status: int = 200,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        chunks: list[bytes] | None = None,
+        fail_after: int | None = None,
+    ) -> None:
         self.status = status
         self.headers = headers or []
         self.chunks = chunks or [b"ok"]
@@ -92,16 +97,28 @@ def middleware(transport: Any = None, self_url: str = URLS[0], **options: Any) -
     return AffinityMiddleware(app, transport=transport or ScriptedTransport(), **options)
 
 
-def call(mw: AffinityMiddleware, tenant: str | None, method: str = "GET", body: bytes = b"",
-         headers: list[tuple[bytes, bytes]] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def call(
+    mw: AffinityMiddleware,
+    tenant: str | None,
+    method: str = "GET",
+    body: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     hdrs = list(headers or [])
     if tenant is not None:
         hdrs.append((b"x-tenant", tenant.encode()))
     if body:
         hdrs.append((b"content-length", str(len(body)).encode()))
     scope: dict[str, Any] = {
-        "type": "http", "method": method, "path": "/p", "raw_path": b"/p", "query_string": b"q=1",
-        "headers": hdrs, "client": ("10.9.9.9", 1234), "scheme": "http", "server": ("127.0.0.1", 1),
+        "type": "http",
+        "method": method,
+        "path": "/p",
+        "raw_path": b"/p",
+        "query_string": b"q=1",
+        "headers": hdrs,
+        "client": ("10.9.9.9", 1234),
+        "scheme": "http",
+        "server": ("127.0.0.1", 1),
     }
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[dict[str, Any]] = []
@@ -146,7 +163,7 @@ def test_local_owner_serves_and_exposes_decision_and_debug_headers() -> None:
 
 def test_internal_headers_from_clients_never_reach_the_app() -> None:
     tenant = owned_by(URLS[0])
-    scope, _ = call(middleware(), tenant, headers=[(b"x-affinity-hop", b"forged"), (b"x_affinity_owner", b"x")])
+    _scope, _ = call(middleware(), tenant, headers=[(b"x-affinity-hop", b"forged"), (b"x_affinity_owner", b"x")])
     assert [n for n, _ in SEEN[-1]["headers"]] == [b"x-tenant"]
 
 
@@ -158,7 +175,10 @@ def test_forward_targets_owner_with_marker_and_streams_back() -> None:
     assert request.url_base == URLS[1] and request.target == "/p?q=1" and request.content_length == 7
     assert transport.bodies == [b"payload"]
     assert any(n == b"x-affinity-hop" for n, _ in request.headers)
-    assert sent[0]["status"] == 201 and sent[0]["headers"] == [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")]
+    assert sent[0]["status"] == 201 and sent[0]["headers"] == [
+        (b"set-cookie", b"a=1"),
+        (b"set-cookie", b"b=2"),
+    ]
     assert b"".join(m.get("body", b"") for m in sent[1:]) == b"xy"
     assert sent[-1]["more_body"] is False
 
@@ -166,12 +186,12 @@ def test_forward_targets_owner_with_marker_and_streams_back() -> None:
 def test_connect_failure_moves_to_next_successor_then_self() -> None:
     tenant = tenant_where(lambda order: order[0] == URLS[1] and order[1] == URLS[2])
     transport = ScriptedTransport(ConnectFailed("refused"), Response())
-    scope, sent = call(middleware(transport), tenant, "POST", b"body")
+    _scope, sent = call(middleware(transport), tenant, "POST", b"body")
     assert [r.url_base for r in transport.requests] == [URLS[1], URLS[2]]
     assert transport.bodies == [b"body"]
     tenant = tenant_where(lambda order: order[0] == URLS[1] and order[1] == URLS[0])
     transport = ScriptedTransport(ConnectFailed("refused"))
-    scope, sent = call(middleware(transport), tenant, "POST", b"body")
+    _, sent = call(middleware(transport), tenant, "POST", b"body")
     assert sent[1]["body"] == b"local:body"
     assert SEEN[-1]["state"]["affinity"].reason == "failover"
 
@@ -182,8 +202,14 @@ def test_all_unreachable_fallback_policy() -> None:
     _, sent = call(middleware(transport, self_url=URLS[0], max_attempts=2), tenant)
     assert sent[1]["body"] == b"local:"
     # A node that is not a member and may not serve locally answers 502.
-    mw = AffinityMiddleware(app, transport=ScriptedTransport(*[ConnectFailed("x")] * 3), peers=URLS,
-                            secret=SECRET, key="header:X-Tenant", fallback="error")
+    mw = AffinityMiddleware(
+        app,
+        transport=ScriptedTransport(*[ConnectFailed("x")] * 3),
+        peers=URLS,
+        secret=SECRET,
+        key="header:X-Tenant",
+        fallback="error",
+    )
     _, sent = call(mw, tenant)
     assert sent[0]["status"] == 502
 

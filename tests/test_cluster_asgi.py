@@ -18,9 +18,11 @@ from cluster import SECRET, Cluster, kill
 from affinity_mw import HopSigner, StaticMembership, hash_key
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with Cluster(tmp_path_factory.mktemp("asgi3")) as c:
+@pytest.fixture(scope="module", params=["aiohttp", "httpx"])
+def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Three nodes forwarding through the default aiohttp transport, then the same suite through httpx."""
+    env = {"AFFINITY_TRANSPORT": request.param}
+    with Cluster(tmp_path_factory.mktemp(f"asgi3-{request.param}"), env=env) as c:
         yield c
 
 
@@ -74,8 +76,11 @@ def test_20mb_post_forwarded_intact(cluster: Cluster, client: httpx.Client) -> N
     payload = os.urandom(20 * 1024 * 1024)
     r = client.post(f"{cluster.urls[0]}/probe/{tenant}/sha256", content=payload, headers={"X-Tenant": tenant})
     assert r.status_code == 200
-    assert r.json() == {"node": owner(cluster, tenant), "sha256": hashlib.sha256(payload).hexdigest(),
-                        "size": len(payload)}
+    assert r.json() == {
+        "node": owner(cluster, tenant),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "size": len(payload),
+    }
 
 
 def test_chunked_post_forwarded_intact(cluster: Cluster, client: httpx.Client) -> None:
@@ -109,8 +114,9 @@ def test_large_streamed_download(cluster: Cluster, client: httpx.Client) -> None
     size = 30 * 1024 * 1024 + 17
     digest = hashlib.sha256()
     got = 0
-    with client.stream("GET", f"{cluster.urls[1]}/probe/{tenant}/download?size={size}",
-                       headers={"X-Tenant": tenant}) as r:
+    with client.stream(
+        "GET", f"{cluster.urls[1]}/probe/{tenant}/download?size={size}", headers={"X-Tenant": tenant}
+    ) as r:
         for chunk in r.iter_raw():
             digest.update(chunk)
             got += len(chunk)
@@ -150,8 +156,11 @@ def test_set_cookie_never_leaks_to_another_client(cluster: Cluster) -> None:
 def test_gzip_response_byte_identical(cluster: Cluster, client: httpx.Client) -> None:
     tenant = tenant_not_owned_by(cluster, cluster.urls[2])
     expected = gzip.compress(b"affinity " * 5000, mtime=0)
-    with client.stream("GET", f"{cluster.urls[2]}/probe/{tenant}/gzip",
-                       headers={"X-Tenant": tenant, "Accept-Encoding": "gzip"}) as r:
+    with client.stream(
+        "GET",
+        f"{cluster.urls[2]}/probe/{tenant}/gzip",
+        headers={"X-Tenant": tenant, "Accept-Encoding": "gzip"},
+    ) as r:
         raw = b"".join(r.iter_raw())
         assert r.headers["content-encoding"] == "gzip"
         assert r.headers["x-affinity-served-by"] == owner(cluster, tenant)
@@ -166,8 +175,10 @@ def test_client_without_accept_encoding_gets_no_injected_headers(cluster: Cluste
     import socket
 
     s = socket.create_connection((cluster.nodes[0].host, cluster.port), timeout=10)
-    s.sendall(f"GET /probe/{tenant}/echo HTTP/1.1\r\nHost: app.example\r\nX-Tenant: {tenant}\r\n"
-              "Connection: close\r\n\r\n".encode())
+    s.sendall(
+        f"GET /probe/{tenant}/echo HTTP/1.1\r\nHost: app.example\r\nX-Tenant: {tenant}\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
     data = b""
     while chunk := s.recv(65536):
         data += chunk
@@ -219,16 +230,17 @@ def test_hop_by_hop_headers_dropped_and_marker_kept(cluster: Cluster, client: ht
         None,
     ],
 )
-def test_forged_hop_marker_does_not_stop_forwarding(cluster: Cluster, client: httpx.Client,
-                                                     marker: str | None) -> None:
+def test_forged_hop_marker_does_not_stop_forwarding(cluster: Cluster, client: httpx.Client, marker: str | None) -> None:
     tenant = tenant_not_owned_by(cluster, cluster.urls[0])
     if marker is None:
         forged = HopSigner("another-cluster-secret-0123456789").sign(
             sender=cluster.urls[1], key_hash=hash_key(tenant), ring_checksum="x"
         )
         marker = forged.decode()
-    r = client.get(f"{cluster.urls[0]}/probe/{tenant}/echo",
-                   headers={"X-Tenant": tenant, "X-Affinity-Hop": marker, "X_Affinity_Hop": "x"})
+    r = client.get(
+        f"{cluster.urls[0]}/probe/{tenant}/echo",
+        headers={"X-Tenant": tenant, "X-Affinity-Hop": marker, "X_Affinity_Hop": "x"},
+    )
     assert r.status_code == 200
     assert r.json()["node"] == owner(cluster, tenant)
     assert r.json()["decision"]["sender"] == cluster.urls[0]
@@ -237,8 +249,10 @@ def test_forged_hop_marker_does_not_stop_forwarding(cluster: Cluster, client: ht
 def test_marker_for_another_key_is_not_honoured(cluster: Cluster, client: httpx.Client) -> None:
     tenant = tenant_not_owned_by(cluster, cluster.urls[0])
     replayed = HopSigner(SECRET).sign(sender=cluster.urls[1], key_hash=hash_key("other-tenant"), ring_checksum="x")
-    r = client.get(f"{cluster.urls[0]}/probe/{tenant}/echo",
-                   headers={"X-Tenant": tenant, "X-Affinity-Hop": replayed.decode()})
+    r = client.get(
+        f"{cluster.urls[0]}/probe/{tenant}/echo",
+        headers={"X-Tenant": tenant, "X-Affinity-Hop": replayed.decode()},
+    )
     assert r.json()["node"] == owner(cluster, tenant)
 
 
@@ -246,8 +260,10 @@ def test_valid_marker_is_served_where_it_lands(cluster: Cluster, client: httpx.C
     # A genuine marker (signed with the cluster secret) makes the receiving node serve even a key it does not own.
     tenant = tenant_not_owned_by(cluster, cluster.urls[0])
     marker = HopSigner(SECRET).sign(sender=cluster.urls[1], key_hash=hash_key(tenant), ring_checksum="x")
-    r = client.get(f"{cluster.urls[0]}/probe/{tenant}/echo",
-                   headers={"X-Tenant": tenant, "X-Affinity-Hop": marker.decode()})
+    r = client.get(
+        f"{cluster.urls[0]}/probe/{tenant}/echo",
+        headers={"X-Tenant": tenant, "X-Affinity-Hop": marker.decode()},
+    )
     assert r.json()["node"] == cluster.urls[0]
     assert r.json()["decision"]["reason"] == "hop"
 
@@ -303,8 +319,11 @@ def test_different_vnodes_each_thinking_the_other_owns(tmp_path: Path, client: h
     c = Cluster(tmp_path, n=2, node_env=[{"AFFINITY_VNODES": "160"}, {"AFFINITY_VNODES": "3"}])
     ring_a = StaticMembership(c.urls, c.urls[0], vnodes=160).ring
     ring_b = StaticMembership(c.urls, c.urls[1], vnodes=3).ring
-    pingpong = [t for t in (f"pp-{i}" for i in range(500))
-                if ring_a.owner_of(t).id == c.urls[1] and ring_b.owner_of(t).id == c.urls[0]]  # type: ignore[union-attr]
+    pingpong = [
+        t
+        for t in (f"pp-{i}" for i in range(500))
+        if ring_a.owner_of(t).id == c.urls[1] and ring_b.owner_of(t).id == c.urls[0]
+    ]  # type: ignore[union-attr]
     assert len(pingpong) > 5
     with c:
         for tenant in pingpong[:10]:

@@ -19,7 +19,9 @@ def test_every_option_is_a_setting_and_documented() -> None:
         assert f"`{option.env}`" in doc, f"{option.env} is missing from docs/configuration.md"
         assert f"`{option.name}`" in doc, f"keyword {option.name} is missing from docs/configuration.md"
     documented = set(re.findall(r"`(AFFINITY_[A-Z_]+)`", doc))
-    assert documented <= {o.env for o in OPTIONS}, f"documented but not implemented: {documented - {o.env for o in OPTIONS}}"
+    assert documented <= {o.env for o in OPTIONS}, (
+        f"documented but not implemented: {documented - {o.env for o in OPTIONS}}"
+    )
 
 
 def test_defaults_with_empty_environment() -> None:
@@ -47,8 +49,9 @@ def test_environment_is_parsed() -> None:
 
 
 def test_keywords_win_over_environment() -> None:
-    s = Settings.load({"no_key": "local", "peers": ["http://a:1"]}, {"AFFINITY_NO_KEY": "reject",
-                                                                    "AFFINITY_PEERS": PEERS})
+    s = Settings.load(
+        {"no_key": "local", "peers": ["http://a:1"]}, {"AFFINITY_NO_KEY": "reject", "AFFINITY_PEERS": PEERS}
+    )
     assert s.no_key == "local" and s.peers == ("http://a:1",)
 
 

@@ -32,8 +32,12 @@ def test_hop_by_hop_and_connection_named_headers_dropped() -> None:
 
 def test_internal_headers_and_folded_spellings_dropped() -> None:
     out, _ = request_headers(
-        [(b"x-affinity-hop", b"forged"), (b"x_affinity_hop", b"forged"), (b"X-Affinity-Owner", b"x"),
-         (b"x-affinityish", b"kept")],
+        [
+            (b"x-affinity-hop", b"forged"),
+            (b"x_affinity_hop", b"forged"),
+            (b"X-Affinity-Owner", b"x"),
+            (b"x-affinityish", b"kept"),
+        ],
         client_host=None,
         scheme="http",
     )
@@ -41,14 +45,22 @@ def test_internal_headers_and_folded_spellings_dropped() -> None:
 
 
 def test_forwarded_headers_appended_and_restored_exactly() -> None:
-    original = [(b"host", b"app.example"), (b"x-forwarded-for", b"203.0.113.7"), (b"x-forwarded-for", b"10.0.0.1"),
-                (b"accept", b"*/*")]
+    original = [
+        (b"host", b"app.example"),
+        (b"x-forwarded-for", b"203.0.113.7"),
+        (b"x-forwarded-for", b"10.0.0.1"),
+        (b"accept", b"*/*"),
+    ]
     out, added = request_headers(original, client_host="10.0.0.2", scheme="https")
     assert added == "fph"
     assert (b"x-forwarded-for", b"203.0.113.7, 10.0.0.1, 10.0.0.2") in out
     assert (b"x-forwarded-proto", b"https") in out and (b"x-forwarded-host", b"app.example") in out
     restored = restore_forwarded([*out, (b"x-affinity-hop", b"m")], added)
-    assert restored == [(b"host", b"app.example"), (b"accept", b"*/*"), (b"x-forwarded-for", b"203.0.113.7, 10.0.0.1")]
+    assert restored == [
+        (b"host", b"app.example"),
+        (b"accept", b"*/*"),
+        (b"x-forwarded-for", b"203.0.113.7, 10.0.0.1"),
+    ]
 
 
 def test_existing_proto_and_host_are_kept() -> None:

@@ -13,14 +13,28 @@ SECRET = "hop-test-secret-0123456789"
 def test_round_trip_carries_every_field() -> None:
     signer = HopSigner(SECRET)
     token = signer.sign(
-        sender="http://127.0.0.1:8000", key_hash=0xDEADBEEF, ring_checksum="abc123", attempt=2,
-        client=("::1", 5555), scheme="https", added="fp",
+        sender="http://127.0.0.1:8000",
+        key_hash=0xDEADBEEF,
+        ring_checksum="abc123",
+        attempt=2,
+        client=("::1", 5555),
+        scheme="https",
+        added="fp",
     )
     marker = signer.verify(token)
     assert marker is not None
     assert (marker.sender, marker.key_hash, marker.ring_checksum, marker.attempt) == (
-        "http://127.0.0.1:8000", 0xDEADBEEF, "abc123", 2)
-    assert (marker.client_host, marker.client_port, marker.scheme, marker.added) == ("::1", 5555, "https", "fp")
+        "http://127.0.0.1:8000",
+        0xDEADBEEF,
+        "abc123",
+        2,
+    )
+    assert (marker.client_host, marker.client_port, marker.scheme, marker.added) == (
+        "::1",
+        5555,
+        "https",
+        "fp",
+    )
 
 
 @pytest.mark.parametrize("token", [b"", b"garbage", b"a|b|c", b"\xff\xfe", b"x" * 100_000])

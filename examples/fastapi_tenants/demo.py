@@ -51,7 +51,18 @@ def start(urls: list[str], secret: str) -> list[subprocess.Popen[bytes]]:
             AFFINITY_KEY="header:X-Tenant",
             AFFINITY_DEBUG_HEADERS="1",
         )
-        cmd = [sys.executable, "-m", "uvicorn", "app:app", "--host", host, "--port", port, "--log-level", "error"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app:app",
+            "--host",
+            host,
+            "--port",
+            port,
+            "--log-level",
+            "error",
+        ]
         procs.append(subprocess.Popen(cmd, cwd=HERE, env=env))
     deadline = time.monotonic() + 20
     for url in urls:

@@ -30,7 +30,16 @@ def main() -> None:
     procs = []
     for i, url in enumerate(urls):
         node_env = dict(env, AFFINITY_SELF=url)
-        cmd = [sys.executable, "-m", "uvicorn", "app:app", "--host", f"127.0.0.{i + 1}", "--port", str(args.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app:app",
+            "--host",
+            f"127.0.0.{i + 1}",
+            "--port",
+            str(args.port),
+        ]
         procs.append(subprocess.Popen(cmd, cwd=here, env=node_env))
         print(f"node {url} pid {procs[-1].pid}")
     try:

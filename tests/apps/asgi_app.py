@@ -20,7 +20,7 @@ from starlette.middleware import Middleware
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "fastapi_tenants"))
 
-from app import NODE, app  # noqa: E402
+from app import NODE, app
 
 served: Counter[str] = Counter()
 GZIP_BODY = gzip.compress(b"affinity " * 5000, mtime=0)
@@ -112,5 +112,3 @@ async def echo(tenant: str, request: Request) -> dict[str, object]:
 @app.get("/probe/{tenant}/status/{code}")
 async def status(tenant: str, code: int) -> Response:
     return Response(status_code=code)
-
-
