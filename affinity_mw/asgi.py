@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .config import Settings
 from .forward import (
-    IDEMPOTENT,
+    CANNOT_REACH,
     AiohttpTransport,
     AsyncTransport,
-    ConnectFailed,
     ForwardError,
+    ForwardPlan,
     HttpxTransport,
-    SendFailed,
     UpstreamRequest,
-    UpstreamTimeout,
+    bodiless,
+    body_framing,
     is_internal,
-    request_headers,
     restore_forwarded,
 )
 from .hop import HOP_HEADER, HopSigner
@@ -176,76 +174,45 @@ class AffinityMiddleware:
     async def _forward(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
         method: str = scope["method"]
         headers = scope["headers"]
-        content_length: int | None = 0
-        for name, value in headers:
-            if name == b"transfer-encoding":
-                content_length = None
-                break
-            if name == b"content-length":
-                content_length = int(value)  # the server has already validated and enforces it
+        content_length = body_framing(headers)
         body = _RequestBody(receive) if content_length != 0 else None
-        client = scope.get("client")
-        client_host = client[0] if client else None
-        upstream_headers, added = request_headers(headers, client_host=client_host, scheme=scope["scheme"])
         target = scope.get("raw_path") or scope["path"].encode("utf-8")
         if scope["query_string"]:
             target = target + b"?" + scope["query_string"]
-        target_str = target.decode("latin-1")
-        signer = self.signer
-        assert signer is not None and decision.key_hash is not None  # a forward decision implies both
-        sender = self.membership.self_id or ""
-        retried = False
-        for node in decision.candidates:
-            decision.attempts += 1
-            marker = signer.sign(
-                sender=sender,
-                key_hash=decision.key_hash,
-                ring_checksum=decision.ring.checksum,
-                attempt=decision.attempts,
-                client=(client_host, client[1]) if client_host and client else None,
-                scheme=scope["scheme"],
-                added=added,
-            )
+        assert self.signer is not None  # a forward decision implies a signer
+        client = scope.get("client")
+        plan = ForwardPlan(
+            decision,
+            self.signer,
+            self.membership.self_id or "",
+            headers,
+            tuple(client) if client else None,
+            scope["scheme"],
+        )
+        for node, upstream_headers in plan.attempts():
             request = UpstreamRequest(
                 method,
                 node.address,
-                target_str,
-                [*upstream_headers, (HOP_HEADER, marker)],
+                target.decode("latin-1"),
+                upstream_headers,
                 body.stream() if body is not None else None,
                 content_length,
             )
             try:
                 response = await self.transport.send(request)
-            except ConnectFailed as exc:
-                _warn_rate_limited(node.id, "affinity-mw: cannot connect to %s (%s); trying the next owner", exc)
-                if body is not None and body.started:
-                    await _plain(send, 502, b"The key's owner failed while receiving the request body.\n")
-                    return
-                continue
-            except SendFailed as exc:
-                replayable = body is None or not body.started
-                if method in IDEMPOTENT and replayable and not retried:
-                    logger.warning("affinity-mw: %s failed before answering (%s); retrying once", node.id, exc)
-                    retried = True
+            except ForwardError as exc:
+                verdict = plan.failed(node, exc, method, body is not None and body.started)
+                if verdict is None:
                     continue
-                logger.warning("affinity-mw: %s failed before answering (%s)", node.id, exc)
-                await _plain(send, 502, b"The key's owner failed before answering.\n")
-                return
-            except UpstreamTimeout:
-                await _plain(send, 504, b"The key's owner did not answer in time.\n")
+                await _plain(send, *verdict)
                 return
             decision.served_by = node.id
-            await self._relay(
-                response, receive, send, decision, body, method == "HEAD" or response.status in (204, 304)
-            )
+            await self._relay(response, receive, send, decision, body, bodiless(method, response.status))
             return
-        # Every candidate refused the connection.
-        if self.router.self_is_next(decision) or self.fallback_local:
-            decision.reason = "failover" if self.router.self_is_next(decision) else "fallback"
-            decision.action = LOCAL
+        if self.router.serve_after_failover(decision, self.fallback_local):
             await self._serve_local(scope, receive, send, decision, True)
             return
-        await _plain(send, 502, b"No owner of this key could be reached.\n")
+        await _plain(send, *CANNOT_REACH)
 
     async def _relay(
         self,
@@ -335,17 +302,6 @@ class _RequestBody:
             if not message.get("more_body", False):
                 self.done = True
                 return
-
-
-_last_warned: dict[str, float] = {}
-
-
-def _warn_rate_limited(peer: str, message: str, exc: BaseException) -> None:
-    """One warning per peer per 10 s: a dead peer must not turn every forwarded request into a log line."""
-    now = time.monotonic()
-    if now - _last_warned.get(peer, -1e9) >= 10.0:
-        _last_warned[peer] = now
-        logger.warning(message, peer, exc)
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -22,16 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import http.cookiejar
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
-from typing import Any, Protocol
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .hop import INTERNAL_PREFIX
+from .hop import HOP_HEADER, INTERNAL_PREFIX, HopSigner
+from .ring import Node
+
+if TYPE_CHECKING:
+    from .router import Decision
 
 __all__ = [
     "AiohttpTransport",
     "AsyncTransport",
     "ConnectFailed",
     "ForwardError",
+    "ForwardPlan",
     "HttpxTransport",
     "SendFailed",
     "UpstreamRequest",
@@ -42,6 +49,7 @@ __all__ = [
 ]
 
 Headers = list[tuple[bytes, bytes]]
+logger = logging.getLogger("affinity_mw")
 
 HOP_BY_HOP = frozenset(
     {
@@ -162,6 +170,103 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
     items = [(name.lower(), value) for name, value in raw]
     drop = _NOT_COPIED_DOWN | _connection_tokens(items)
     return [(name, value) for name, value in items if name not in drop]
+
+
+def body_framing(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """The request body's length as the server parsed it: ``0`` for none, ``None`` for chunked.
+
+    The server has already validated the framing and enforces it while delivering the body, so this length is
+    what will actually be sent, not merely what the client claimed.
+    """
+    length = 0
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return None
+        if name == b"content-length":
+            length = int(value)
+    return length
+
+
+def bodiless(method: str, status: int) -> bool:
+    """Responses that carry no body whatever their headers say (RFC 9110 6.4.1): HEAD, 1xx, 204, 304."""
+    return method == "HEAD" or status < 200 or status in (204, 304)
+
+
+CANNOT_REACH = (502, b"No owner of this key could be reached.\n")
+
+
+class ForwardPlan:
+    """One forward, without I/O: the request each attempt sends and what each failure means.
+
+    The ASGI and WSGI adapters differ only in how they send bytes; the failover rules (DESIGN.md section 6) live
+    here once. A connection refused before anything was sent moves to the next candidate for any method. A
+    connection that broke after sending gets one retry on the next candidate, and only for an idempotent method
+    whose body has not been streamed (a POST is never sent twice). A timeout is final (504).
+    """
+
+    __slots__ = ("added", "client", "decision", "headers", "retried", "scheme", "sender", "signer")
+
+    def __init__(
+        self,
+        decision: Decision,
+        signer: HopSigner,
+        sender: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        client: tuple[str, int] | None,
+        scheme: str,
+    ) -> None:
+        self.decision = decision
+        self.signer = signer
+        self.sender = sender
+        self.client = client
+        self.scheme = scheme
+        self.headers, self.added = request_headers(headers, client_host=client[0] if client else None, scheme=scheme)
+        self.retried = False
+
+    def attempts(self) -> Iterator[tuple[Node, Headers]]:
+        """Each candidate in failover order, with the upstream headers and a fresh marker for that attempt."""
+        decision = self.decision
+        assert decision.key_hash is not None  # a forward decision always has a key
+        for node in decision.candidates:
+            decision.attempts += 1
+            marker = self.signer.sign(
+                sender=self.sender,
+                key_hash=decision.key_hash,
+                ring_checksum=decision.ring.checksum,
+                attempt=decision.attempts,
+                client=self.client,
+                scheme=self.scheme,
+                added=self.added,
+            )
+            yield node, [*self.headers, (HOP_HEADER, marker)]
+
+    def failed(self, node: Node, exc: ForwardError, method: str, body_started: bool) -> tuple[int, bytes] | None:
+        """``None`` to go on to the next candidate, else the status and text to answer the client with."""
+        if isinstance(exc, UpstreamTimeout):
+            logger.warning("affinity-mw: %s did not answer in time (%s)", node.id, exc)
+            return 504, b"The key's owner did not answer in time.\n"
+        if isinstance(exc, ConnectFailed):
+            warn_rate_limited(node.id, "affinity-mw: cannot connect to %s (%s); trying the next owner", exc)
+            if body_started:
+                return 502, b"The key's owner failed while receiving the request body.\n"
+            return None
+        if method in IDEMPOTENT and not body_started and not self.retried:
+            logger.warning("affinity-mw: %s failed before answering (%s); retrying once", node.id, exc)
+            self.retried = True
+            return None
+        logger.warning("affinity-mw: %s failed before answering (%s)", node.id, exc)
+        return 502, b"The key's owner failed before answering.\n"
+
+
+_last_warned: dict[str, float] = {}
+
+
+def warn_rate_limited(peer: str, message: str, exc: BaseException) -> None:
+    """One warning per peer per 10 s: a dead peer must not turn every forwarded request into a log line."""
+    now = time.monotonic()
+    if now - _last_warned.get(peer, -1e9) >= 10.0:
+        _last_warned[peer] = now
+        logger.warning(message, peer, exc)
 
 
 class UpstreamRequest:

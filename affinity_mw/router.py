@@ -162,6 +162,18 @@ class Router:
             candidates.append(node)
         return Decision(FORWARD, "owner" if self_id else "not-member", ring, key, key_hash, owner, tuple(candidates))
 
+    def serve_after_failover(self, decision: Decision, fallback_local: bool) -> bool:
+        """After every candidate refused: serve here? Yes when this node is the key's next owner (the ring's own
+        answer without the dead nodes), or when the fallback policy says so. Records why on the decision."""
+        if self.self_is_next(decision):
+            decision.reason = "failover"
+        elif fallback_local:
+            decision.reason = "fallback"
+        else:
+            return False
+        decision.action = LOCAL
+        return True
+
     def self_is_next(self, decision: Decision) -> bool:
         """After every candidate failed: is this node the next owner on the ring, so serving here is still right?"""
         if decision.key_hash is None or self.membership.self_id is None:
