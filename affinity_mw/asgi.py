@@ -13,24 +13,21 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .config import Settings
+from .core import NO_KEY_REJECTED, SERVED_BY_HEADER, AffinityCore
 from .forward import (
     CANNOT_REACH,
-    AiohttpTransport,
     AsyncTransport,
     ForwardError,
-    ForwardPlan,
-    HttpxTransport,
     UpstreamRequest,
     bodiless,
     body_framing,
     is_internal,
     restore_forwarded,
 )
-from .hop import HOP_HEADER, HopSigner
-from .membership import StaticMembership
+from .hop import HOP_HEADER
 from .request import RequestView
-from .router import FORWARD, LOCAL, Decision, Router
+from .router import FORWARD, LOCAL, Decision
+from .transports import AiohttpTransport, HttpxTransport
 
 __all__ = ["AffinityMiddleware"]
 
@@ -41,9 +38,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("affinity_mw")
-
-SERVED_BY = b"x-affinity-served-by"
-OWNER = b"x-affinity-owner"
 
 
 class AffinityMiddleware:
@@ -65,47 +59,21 @@ class AffinityMiddleware:
     restored from the signed hop marker and the ``X-Forwarded-*`` headers the forwarder added are removed.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        transport: Any = None,
-        membership: Any = None,
-        **options: Any,
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, transport: Any = None, membership: Any = None, **options: Any) -> None:
         self.app = app
-        self.settings = settings = Settings.load(options)
-        if membership is None:
-            membership = StaticMembership(settings.peers, settings.self_url, vnodes=settings.vnodes)
-        self.membership = membership
-        self.signer = HopSigner(settings.secret, max_age=settings.hop_max_age) if settings.secret else None
-        self.router = Router(
-            membership=membership,
-            extractor=settings.extractor,
-            signer=self.signer,
-            no_key=settings.no_key,
-            max_attempts=settings.max_attempts,
-            max_key_length=settings.max_key_length,
-        )
+        self.core = core = AffinityCore(membership=membership, **options)
+        self.router = core.router
         self.transport = self._make_transport(transport)
-        self.debug_headers = settings.debug_headers
-        self.fallback_local = settings.fallback == "local"
 
     def _make_transport(self, transport: Any) -> AsyncTransport:
-        s = self.settings
-        timeouts: dict[str, Any] = {
-            "pool_size": s.pool_size,
-            "keepalive": s.keepalive,
-            "connect_timeout": s.connect_timeout,
-            "read_timeout": s.read_timeout,
-        }
+        options = self.core.transport_options()
         if transport is None:
-            if s.transport == "httpx":
-                return HttpxTransport(**timeouts)
-            return AiohttpTransport(**timeouts)
-        if hasattr(transport, "send") and hasattr(transport, "aclose") and not hasattr(transport, "build_request"):
-            return transport  # type: ignore[no-any-return]
-        return HttpxTransport(transport, **timeouts)
+            if self.core.settings.transport == "httpx":
+                return HttpxTransport(**options)
+            return AiohttpTransport(**options)
+        if hasattr(transport, "build_request"):  # an httpx.AsyncClient
+            return HttpxTransport(transport, **options)
+        return transport  # type: ignore[no-any-return]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -137,7 +105,7 @@ class AffinityMiddleware:
         elif decision.action == FORWARD:
             await self._forward(scope, receive, send, decision)
         else:
-            await _plain(send, 400, b"This request carries no affinity key (AFFINITY_NO_KEY=reject).\n")
+            await _plain(send, *NO_KEY_REJECTED)
 
     async def _serve_local(
         self, scope: Scope, receive: Receive, send: Send, decision: Decision, internal: bool
@@ -154,22 +122,10 @@ class AffinityMiddleware:
         if state is None:
             scope["state"] = state = {}
         state["affinity"] = decision
-        decision.served_by = self.membership.self_id
-        if self.debug_headers:
-            send = self._debug_send(send, decision)
+        decision.served_by = self.core.self_id
+        if self.core.debug_headers:
+            send = _with_headers(send, self.core.debug_headers_for(decision))
         await self.app(scope, receive, send)
-
-    def _debug_send(self, send: Send, decision: Decision) -> Send:
-        served_by = (self.membership.self_id or "").encode("latin-1")
-        owner = decision.owner.id.encode("latin-1") if decision.owner else b""
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message = dict(message)
-                message["headers"] = [*message.get("headers", ()), (SERVED_BY, served_by), (OWNER, owner)]
-            await send(message)
-
-        return send_with_headers
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
         method: str = scope["method"]
@@ -179,16 +135,8 @@ class AffinityMiddleware:
         target = scope.get("raw_path") or scope["path"].encode("utf-8")
         if scope["query_string"]:
             target = target + b"?" + scope["query_string"]
-        assert self.signer is not None  # a forward decision implies a signer
         client = scope.get("client")
-        plan = ForwardPlan(
-            decision,
-            self.signer,
-            self.membership.self_id or "",
-            headers,
-            tuple(client) if client else None,
-            scope["scheme"],
-        )
+        plan = self.core.plan(decision, headers, tuple(client) if client else None, scope["scheme"])
         for node, upstream_headers in plan.attempts():
             request = UpstreamRequest(
                 method,
@@ -209,7 +157,7 @@ class AffinityMiddleware:
             decision.served_by = node.id
             await self._relay(response, receive, send, decision, body, bodiless(method, response.status))
             return
-        if self.router.serve_after_failover(decision, self.fallback_local):
+        if self.router.serve_after_failover(decision, self.core.fallback_local):
             await self._serve_local(scope, receive, send, decision, True)
             return
         await _plain(send, *CANNOT_REACH)
@@ -234,10 +182,8 @@ class AffinityMiddleware:
             for name, value in headers:
                 if name == b"content-length":
                     remaining = int(value)
-        if self.debug_headers and not any(name == SERVED_BY for name, _ in headers):
-            headers = [*headers, (SERVED_BY, (decision.served_by or "").encode("latin-1"))]
-            if decision.owner is not None:
-                headers.append((OWNER, decision.owner.id.encode("latin-1")))
+        if self.core.debug_headers and not any(name == SERVED_BY_HEADER for name, _ in headers):
+            headers = [*headers, *self.core.debug_headers_for(decision)]
         reusable = False
         watcher: asyncio.Future[None] | None = None
         try:
@@ -302,6 +248,16 @@ class _RequestBody:
             if not message.get("more_body", False):
                 self.done = True
                 return
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = dict(message)
+            message["headers"] = [*message.get("headers", ()), *extra]
+        await send(message)
+
+    return send_with_headers
 
 
 async def _wait_disconnect(receive: Receive) -> None:

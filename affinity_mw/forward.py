@@ -14,18 +14,16 @@ Header handling is a security boundary, so it lives in one place for ASGI and WS
   every other response header, repeated ``Set-Cookie`` included, passes byte for byte, and bodies are never
   decoded (``Content-Encoding`` stays the owner's).
 
-The network client sits behind :class:`AsyncTransport`. aiohttp is the default because it measured 14x faster
-than a shared httpx client here (DESIGN.md section 8); :class:`HttpxTransport` keeps httpx available.
+The network client sits behind :class:`AsyncTransport` (ASGI) or :class:`SyncTransport` (WSGI); the
+implementations are in :mod:`affinity_mw.transports`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import http.cookiejar
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .hop import HOP_HEADER, INTERNAL_PREFIX, HopSigner
 from .ring import Node
@@ -34,13 +32,13 @@ if TYPE_CHECKING:
     from .router import Decision
 
 __all__ = [
-    "AiohttpTransport",
     "AsyncTransport",
     "ConnectFailed",
     "ForwardError",
     "ForwardPlan",
-    "HttpxTransport",
     "SendFailed",
+    "SyncTransport",
+    "SyncUpstreamResponse",
     "UpstreamRequest",
     "UpstreamResponse",
     "UpstreamTimeout",
@@ -281,7 +279,7 @@ class UpstreamRequest:
         url_base: str,
         target: str,
         headers: Headers,
-        body: AsyncIterable[bytes] | None = None,
+        body: AsyncIterable[bytes] | Iterable[bytes] | None = None,
         content_length: int | None = 0,
     ) -> None:
         self.method = method
@@ -309,210 +307,19 @@ class AsyncTransport(Protocol):
     async def aclose(self) -> None: ...
 
 
-# ---------------------------------------------------------------------------------------------------- aiohttp
+class SyncUpstreamResponse(Protocol):
+    status: int
+    reason: str
+    headers: Headers
+
+    def iter_raw(self) -> Iterator[bytes]: ...
+
+    def close(self, *, reusable: bool) -> None: ...
 
 
-class _AiohttpResponse:
-    __slots__ = ("_resp", "headers", "status")
+class SyncTransport(Protocol):
+    """What the WSGI middleware needs from a client; thread-safe, one per worker process."""
 
-    def __init__(self, resp: Any) -> None:
-        self._resp = resp
-        self.status: int = resp.status
-        self.headers = response_headers(resp.raw_headers)
+    def send(self, request: UpstreamRequest) -> SyncUpstreamResponse: ...
 
-    async def aiter_raw(self) -> AsyncIterator[bytes]:
-        import aiohttp
-
-        try:
-            async for chunk in self._resp.content.iter_any():
-                yield chunk
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-            raise SendFailed(f"peer connection broke mid-body: {exc!r}") from exc
-
-    async def aclose(self, *, reusable: bool) -> None:
-        # release() hands a fully read connection back to the pool; close() discards one we stopped reading
-        # early, so a half-read body can never be mistaken for the next response. Both are synchronous, so a
-        # cancelled client cannot interrupt them and leak a pool slot.
-        if reusable:
-            self._resp.release()
-        else:
-            self._resp.close()
-
-
-class AiohttpTransport:
-    """The default ASGI transport: one ``aiohttp.ClientSession`` per worker, created lazily in the running loop.
-
-    Tuned for proxying, not browsing: no cookie jar (one user's ``Set-Cookie`` must never ride on another user's
-    request), no automatic ``Accept``/``Accept-Encoding``/``User-Agent``/``Content-Type`` (the peer must see the
-    client's headers, not ours), no decompression, no proxies from the environment, a bounded pool per peer and
-    a keep-alive shorter than the peers' server keep-alive so we never reuse a connection the peer is closing.
-    """
-
-    def __init__(
-        self,
-        *,
-        pool_size: int = 100,
-        keepalive: float = 3.0,
-        connect_timeout: float = 1.0,
-        read_timeout: float = 30.0,
-    ) -> None:
-        self.pool_size = pool_size
-        self.keepalive = keepalive
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self._session: Any = None
-
-    def _open(self) -> Any:
-        import aiohttp
-
-        connector = aiohttp.TCPConnector(
-            limit=0,
-            limit_per_host=self.pool_size,
-            keepalive_timeout=self.keepalive,
-            ttl_dns_cache=10,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            trust_env=False,
-            skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
-            ),
-        )
-        return self._session
-
-    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        import aiohttp
-        from multidict import CIMultiDict
-        from yarl import URL
-
-        session = self._session or self._open()
-        headers: CIMultiDict[str] = CIMultiDict(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers
-        )
-        data: Any = None
-        if request.body is not None:
-            data = request.body
-            if request.content_length is not None:
-                headers["Content-Length"] = str(request.content_length)
-        try:
-            resp = await session.request(
-                request.method,
-                URL(request.url_base + request.target, encoded=True),
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                compress=None,
-                chunked=None,
-            )
-        except aiohttp.ClientConnectorError as exc:
-            raise ConnectFailed(str(exc)) from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise ConnectFailed(f"connect timeout: {exc}") from exc
-        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
-            raise UpstreamTimeout(f"no response headers within {self.read_timeout}s") from exc
-        except aiohttp.ClientError as exc:
-            raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
-        return _AiohttpResponse(resp)
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
-
-# ------------------------------------------------------------------------------------------------------ httpx
-
-
-class _BlockAllCookies(http.cookiejar.DefaultCookiePolicy):
-    """A cookie policy that neither stores nor returns any cookie: a proxy must not have memory of users."""
-
-    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
-        return False
-
-    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
-        return False
-
-
-class _HttpxResponse:
-    __slots__ = ("_resp", "headers", "status")
-
-    def __init__(self, resp: Any) -> None:
-        self._resp = resp
-        self.status: int = resp.status_code
-        self.headers = response_headers(resp.headers.raw)
-
-    async def aiter_raw(self) -> AsyncIterator[bytes]:
-        import httpx
-
-        try:
-            async for chunk in self._resp.aiter_raw():
-                yield chunk
-        except httpx.TransportError as exc:
-            raise SendFailed(f"peer connection broke mid-body: {exc!r}") from exc
-
-    async def aclose(self, *, reusable: bool) -> None:
-        # Shielded: a client disconnect cancels us, and an unfinished aclose() would leak the pool slot.
-        await asyncio.shield(self._resp.aclose())
-
-
-class HttpxTransport:
-    """Forward through an ``httpx.AsyncClient``: yours, or one made with proxy-safe settings.
-
-    A client you pass keeps its own pool and timeouts, but its cookie jar is replaced by one that stores nothing,
-    and requests are built directly (not with ``client.build_request``), so client-wide cookies and headers never
-    reach a forwarded request. Create it with ``trust_env=False``: otherwise ``HTTP_PROXY`` would route peer
-    traffic through a proxy.
-    """
-
-    def __init__(
-        self,
-        client: Any = None,
-        *,
-        pool_size: int = 100,
-        keepalive: float = 3.0,
-        connect_timeout: float = 1.0,
-        read_timeout: float = 30.0,
-    ) -> None:
-        import httpx
-
-        self._owns_client = client is None
-        if client is None:
-            client = httpx.AsyncClient(
-                trust_env=False,
-                follow_redirects=False,
-                timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None),
-                limits=httpx.Limits(
-                    max_connections=None, max_keepalive_connections=pool_size, keepalive_expiry=keepalive
-                ),
-            )
-        client.cookies = httpx.Cookies(http.cookiejar.CookieJar(policy=_BlockAllCookies()))
-        self.client = client
-
-    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        import httpx
-
-        headers = list(request.headers)
-        content: Any = None
-        if request.body is not None:
-            content = request.body
-            if request.content_length is not None:
-                headers.append((b"content-length", str(request.content_length).encode()))
-        elif request.method not in ("GET", "HEAD", "OPTIONS", "DELETE", "TRACE"):
-            headers.append((b"content-length", b"0"))
-        req = httpx.Request(request.method, request.url_base + request.target, headers=headers, content=content)
-        try:
-            resp = await self.client.send(req, stream=True, follow_redirects=False)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise ConnectFailed(str(exc)) from exc
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(str(exc)) from exc
-        except httpx.TransportError as exc:
-            raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
-        return _HttpxResponse(resp)
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self.client.aclose()
+    def close(self) -> None: ...

@@ -1,0 +1,262 @@
+"""WSGI middleware: the same routing as the ASGI one, carried out over WSGI with a synchronous pooled client.
+
+Works under gunicorn's ``sync`` and ``gthread`` workers and Werkzeug's development server. One transport (a
+thread-safe urllib3 ``PoolManager`` by default) serves every thread of a worker process. The request body streams
+from ``wsgi.input`` (fixed length or chunked); the response is a streaming iterable whose ``close()`` hands the
+peer connection back to the pool, or discards it if the client went away mid-body.
+"""
+
+from __future__ import annotations
+
+import http
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from .core import NO_KEY_REJECTED, SERVED_BY_HEADER, AffinityCore
+from .forward import (
+    CANNOT_REACH,
+    ForwardError,
+    Headers,
+    SyncTransport,
+    SyncUpstreamResponse,
+    UpstreamRequest,
+    bodiless,
+    body_framing,
+)
+from .request import RequestView
+from .router import FORWARD, LOCAL, Decision
+from .transports import HttpxSyncTransport, Urllib3Transport
+
+__all__ = ["DECISION_KEY", "AffinityWSGIMiddleware"]
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+DECISION_KEY = "affinity_mw.decision"
+_HOP_ENV = "HTTP_X_AFFINITY_HOP"
+_INTERNAL_ENV = "HTTP_X_AFFINITY_"
+
+
+class AffinityWSGIMiddleware:
+    """Route each WSGI request to the node that owns its affinity key.
+
+    Options are the same as :class:`~affinity_mw.AffinityMiddleware`'s (keyword arguments over ``AFFINITY_*``
+    variables). ``transport`` takes a :class:`~affinity_mw.forward.SyncTransport` or an ``httpx.Client``; by
+    default one urllib3 pool per worker process.
+
+    The decision is in ``environ["affinity_mw.decision"]``. On the owner, a forwarded request looks as it did to
+    the first node: ``REMOTE_ADDR`` and ``wsgi.url_scheme`` are restored from the signed hop marker and the
+    ``X-Forwarded-*`` values the forwarder added are removed. WSGI servers fold ``X_Affinity_Hop`` and
+    ``X-Affinity-Hop`` into the same ``HTTP_X_AFFINITY_HOP`` key; either way only a validly signed marker counts.
+    """
+
+    def __init__(self, app: WSGIApp, *, transport: Any = None, membership: Any = None, **options: Any) -> None:
+        self.app = app
+        self.core = core = AffinityCore(membership=membership, **options)
+        self.router = core.router
+        if transport is None:
+            if core.settings.transport == "httpx":
+                transport = HttpxSyncTransport(**core.transport_options())
+            else:
+                transport = Urllib3Transport(**core.transport_options())
+        elif hasattr(transport, "build_request"):  # an httpx.Client
+            transport = HttpxSyncTransport(transport, **core.transport_options())
+        self.transport: SyncTransport = transport
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        headers = environ_headers(environ)
+        remote = environ.get("REMOTE_ADDR") or None
+        view = RequestView(
+            environ.get("REQUEST_METHOD", "GET"),
+            environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace"),
+            environ.get("QUERY_STRING", "").encode("latin-1"),
+            headers,
+            remote,
+            environ.get("wsgi.url_scheme", "http"),
+        )
+        hop = environ.get(_HOP_ENV)
+        decision = self.router.decide(view, hop.encode("latin-1") if hop is not None else None)
+        if decision.action == LOCAL:
+            return self._serve_local(environ, start_response, decision)
+        if decision.action == FORWARD:
+            return self._forward(environ, start_response, decision, headers)
+        return _plain(start_response, *NO_KEY_REJECTED)
+
+    def _serve_local(self, environ: Environ, start_response: StartResponse, decision: Decision) -> Iterable[bytes]:
+        marker = decision.marker
+        if marker is not None or any(key.startswith(_INTERNAL_ENV) for key in environ):
+            environ = _restore(environ, marker.added if marker else "")
+            if marker is not None:
+                if marker.client_host:
+                    environ["REMOTE_ADDR"] = marker.client_host
+                    environ["REMOTE_PORT"] = str(marker.client_port)
+                environ["wsgi.url_scheme"] = marker.scheme
+        environ[DECISION_KEY] = decision
+        decision.served_by = self.core.self_id
+        if self.core.debug_headers:
+            extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.core.debug_headers_for(decision)]
+
+            def start_with_headers(status: str, response_headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+                return start_response(status, [*response_headers, *extra], *exc_info)
+
+            return self.app(environ, start_with_headers)
+        return self.app(environ, start_response)
+
+    def _forward(
+        self, environ: Environ, start_response: StartResponse, decision: Decision, headers: Headers
+    ) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        content_length = body_framing(headers)
+        body = _RequestBody(environ["wsgi.input"], content_length) if content_length != 0 else None
+        target = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+        if not target:
+            target = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+            if environ.get("QUERY_STRING"):
+                target += "?" + environ["QUERY_STRING"]
+        remote = environ.get("REMOTE_ADDR")
+        client = (remote, int(environ.get("REMOTE_PORT") or 0)) if remote else None
+        plan = self.core.plan(decision, headers, client, environ.get("wsgi.url_scheme", "http"))
+        for node, upstream_headers in plan.attempts():
+            request = UpstreamRequest(
+                method, node.address, target, upstream_headers, body.stream() if body else None, content_length
+            )
+            try:
+                response = self.transport.send(request)
+            except ForwardError as exc:
+                verdict = plan.failed(node, exc, method, body is not None and body.started)
+                if verdict is None:
+                    continue
+                return _plain(start_response, *verdict)
+            decision.served_by = node.id
+            return self._relay(response, start_response, decision, bodiless(method, response.status))
+        if self.router.serve_after_failover(decision, self.core.fallback_local):
+            return self._serve_local(environ, start_response, decision)
+        return _plain(start_response, *CANNOT_REACH)
+
+    def _relay(
+        self, response: SyncUpstreamResponse, start_response: StartResponse, decision: Decision, no_body: bool
+    ) -> Iterable[bytes]:
+        headers = response.headers
+        if self.core.debug_headers and not any(name == SERVED_BY_HEADER for name, _ in headers):
+            headers = [*headers, *self.core.debug_headers_for(decision)]
+        reason = response.reason or _phrase(response.status)
+        try:
+            start_response(
+                f"{response.status} {reason}", [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+            )
+        except BaseException:
+            response.close(reusable=False)
+            raise
+        length = None
+        if not no_body:
+            for name, value in headers:
+                if name == b"content-length":
+                    length = int(value)
+        return _Relay(response, length)
+
+
+class _Relay:
+    """The peer's body as a WSGI iterable. The server calls ``close()`` whether the body was sent in full or the
+    client went away; only a fully relayed response returns its connection to the pool."""
+
+    __slots__ = ("_length", "_response", "_reusable")
+
+    def __init__(self, response: SyncUpstreamResponse, length: int | None) -> None:
+        self._response = response
+        self._length = length
+        self._reusable = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        sent = 0
+        for chunk in self._response.iter_raw():
+            sent += len(chunk)
+            yield chunk
+        if self._length is not None and sent < self._length:
+            # Raising makes the server abort the connection: a truncated body must not look complete.
+            raise ForwardError("peer closed the response before its Content-Length was sent")
+        self._reusable = True
+
+    def close(self) -> None:
+        self._response.close(reusable=self._reusable)
+
+
+class _RequestBody:
+    """The client's body read from ``wsgi.input`` once, in blocks; records whether reading began (after which
+    the request cannot be re-sent elsewhere)."""
+
+    __slots__ = ("length", "started", "stream_in")
+
+    def __init__(self, stream_in: Any, length: int | None) -> None:
+        self.stream_in = stream_in
+        self.length = length
+        self.started = False
+
+    def stream(self) -> Iterator[bytes]:
+        if self.started:
+            raise ForwardError("the request body was already sent once")
+        self.started = True
+        read = self.stream_in.read
+        if self.length is None:  # chunked: the server decodes it and signals the end with b""
+            while chunk := read(65536):
+                yield chunk
+            return
+        remaining = self.length
+        while remaining > 0:
+            chunk = read(min(65536, remaining))
+            if not chunk:
+                raise ForwardError("client closed the connection before sending the whole body")
+            remaining -= len(chunk)
+            yield chunk
+
+
+def environ_headers(environ: Environ) -> Headers:
+    """The request headers in ASGI's shape (lower-case byte names), rebuilt from a WSGI environ.
+
+    WSGI has already joined repeated headers with commas and folded ``-`` into ``_``; ``CONTENT_TYPE`` and
+    ``CONTENT_LENGTH`` are restored as headers. ``Transfer-Encoding: chunked`` is kept (or implied by
+    ``wsgi.input_terminated`` without a length) so the forward frames the body the same way.
+    """
+    headers: Headers = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            headers.append((key[5:].replace("_", "-").lower().encode("latin-1"), value.encode("latin-1")))
+    if environ.get("CONTENT_TYPE"):
+        headers.append((b"content-type", environ["CONTENT_TYPE"].encode("latin-1")))
+    if environ.get("CONTENT_LENGTH"):
+        if "HTTP_TRANSFER_ENCODING" not in environ:
+            headers.append((b"content-length", environ["CONTENT_LENGTH"].encode("latin-1")))
+    elif environ.get("wsgi.input_terminated") and "HTTP_TRANSFER_ENCODING" not in environ:
+        headers.append((b"transfer-encoding", b"chunked"))
+    return headers
+
+
+def _restore(environ: Environ, added: str) -> Environ:
+    """A copy of ``environ`` without our internal headers and without the X-Forwarded-* values we added."""
+    environ = {k: v for k, v in environ.items() if not k.startswith(_INTERNAL_ENV)}
+    if "p" in added:
+        environ.pop("HTTP_X_FORWARDED_PROTO", None)
+    if "h" in added:
+        environ.pop("HTTP_X_FORWARDED_HOST", None)
+    if "f" in added and "HTTP_X_FORWARDED_FOR" in environ:
+        head, sep, _ = environ["HTTP_X_FORWARDED_FOR"].rpartition(",")
+        if sep:
+            environ["HTTP_X_FORWARDED_FOR"] = head.rstrip()
+        else:
+            del environ["HTTP_X_FORWARDED_FOR"]
+    return environ
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+def _plain(start_response: StartResponse, status: int, text: bytes) -> list[bytes]:
+    start_response(
+        f"{status} {_phrase(status)}",
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(text)))],
+    )
+    return [text]
