@@ -9,7 +9,7 @@ peer connection back to the pool, or discards it if the client went away mid-bod
 from __future__ import annotations
 
 import http
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from .core import NO_KEY_REJECTED, SERVED_BY_HEADER, AffinityCore
@@ -51,9 +51,17 @@ class AffinityWSGIMiddleware:
     ``X-Affinity-Hop`` into the same ``HTTP_X_AFFINITY_HOP`` key; either way only a validly signed marker counts.
     """
 
-    def __init__(self, app: WSGIApp, *, transport: Any = None, membership: Any = None, **options: Any) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        transport: Any = None,
+        membership: Any = None,
+        environ: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> None:
         self.app = app
-        self.core = core = AffinityCore(membership=membership, **options)
+        self.core = core = AffinityCore(membership=membership, environ=environ, **options)
         self.router = core.router
         if transport is None:
             if core.settings.transport == "httpx":

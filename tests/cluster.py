@@ -7,6 +7,7 @@ log so the failure explains itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -56,7 +57,10 @@ class ServerNode:
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            # A session of its own, so stopping the node stops its workers too (gunicorn forks them).
+            self.proc = subprocess.Popen(
+                self.cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -75,24 +79,49 @@ class ServerNode:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            self._signal_group(sig)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal_group(signal.SIGKILL)
                 self.proc.wait(timeout=10)
+        # Workers that outlived their master (after SIGKILL) are stopped too.
+        self._signal_group(signal.SIGKILL)
         self.proc = None
+
+    def _signal_group(self, sig: int) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
 
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
 
-class Cluster:
-    """``n`` nodes of one app on 127.0.0.1..n sharing a port; each node's AFFINITY_* env is set from the args.
+def server_command(kind: str, app: str, host: str, port: int) -> list[str]:
+    """The command line of one node: 1 uvicorn worker, or 1 gunicorn worker of the given class."""
+    if kind == "uvicorn":
+        return [
+            sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port),
+            "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+    if kind in ("gunicorn-sync", "gunicorn-gthread"):
+        worker = kind.split("-")[1]
+        return [
+            sys.executable, "-m", "gunicorn", app, "--bind", f"{host}:{port}", "--workers", "1",
+            "--worker-class", worker, "--threads", "8" if worker == "gthread" else "1",
+            "--log-level", "warning", "--graceful-timeout", "5", "--timeout", "60",
+        ]  # fmt: skip
+    raise ValueError(f"unknown server {kind!r}")
 
-    ``peers`` overrides the member list per node (to build clusters that disagree); ``node_env`` adds per-node
-    variables.
+
+class Cluster:
+    """``n`` nodes on 127.0.0.1..n sharing a port; each node's AFFINITY_* env is set from the args.
+
+    ``server`` is ``uvicorn`` (ASGI ``app``), ``gunicorn-sync``/``gunicorn-gthread`` (WSGI ``app``), or one of
+    those per node, optionally as ``server=module:attr`` to give that node its own app (mixed clusters).
+    ``node_env`` adds per-node variables.
     """
 
     def __init__(
@@ -103,7 +132,7 @@ class Cluster:
         app: str = "tests.apps.asgi_app:app",
         env: Mapping[str, str] | None = None,
         node_env: Sequence[Mapping[str, str]] | None = None,
-        server: str = "uvicorn",
+        server: str | Sequence[str] = "uvicorn",
     ) -> None:
         hosts = [f"127.0.0.{i + 1}" for i in range(n)]
         self.port = free_port(hosts)
@@ -125,22 +154,9 @@ class Cluster:
             node_vars = dict(base, AFFINITY_SELF=self.urls[i])
             if node_env is not None:
                 node_vars.update(node_env[i])
-            if server == "uvicorn":
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    app,
-                    "--host",
-                    host,
-                    "--port",
-                    str(self.port),
-                    "--log-level",
-                    "warning",
-                    "--no-access-log",
-                ]
-            else:
-                raise ValueError(f"unknown server {server!r}")
+            spec = server if isinstance(server, str) else server[i]
+            kind, _, node_app = spec.partition("=")
+            cmd = server_command(kind, node_app or app, host, self.port)
             self.nodes.append(ServerNode(i, host, self.port, cmd, node_vars, tmp / f"node{i + 1}.log"))
 
     def start(self) -> Cluster:

@@ -1,4 +1,9 @@
-"""The ASGI middleware on a real 3-node uvicorn cluster (127.0.0.1-3): locality, streaming, integrity, safety."""
+"""Real 3-node clusters on 127.0.0.1-3: locality, streaming, integrity and safety, for every stack users run.
+
+Each stack is the same suite: FastAPI under uvicorn (aiohttp and httpx transports), Flask under gunicorn
+(sync and gthread workers; urllib3 and httpx.Client transports), and a mixed cluster where WSGI and ASGI nodes
+forward to each other with the same marker.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -17,13 +23,37 @@ from cluster import SECRET, Cluster, kill
 
 from affinity_mw import HopSigner, StaticMembership, hash_key
 
+ASGI_APP = "tests.apps.asgi_app:app"
+WSGI_APP = "tests.apps.wsgi_app:app"
+STACKS: dict[str, dict[str, Any]] = {
+    "asgi-aiohttp": {"server": "uvicorn", "app": ASGI_APP},
+    "asgi-httpx": {"server": "uvicorn", "app": ASGI_APP, "env": {"AFFINITY_TRANSPORT": "httpx"}},
+    "wsgi-sync-urllib3": {"server": "gunicorn-sync", "app": WSGI_APP},
+    "wsgi-gthread-urllib3": {"server": "gunicorn-gthread", "app": WSGI_APP},
+    "wsgi-gthread-httpx": {"server": "gunicorn-gthread", "app": WSGI_APP, "env": {"AFFINITY_TRANSPORT": "httpx"}},
+    "mixed": {
+        "server": [f"gunicorn-gthread={WSGI_APP}", f"uvicorn={ASGI_APP}", f"gunicorn-sync={WSGI_APP}"],
+        "app": ASGI_APP,
+    },
+}
 
-@pytest.fixture(scope="module", params=["aiohttp", "httpx"])
+
+def make_cluster(tmp: Path, stack: str, **kwargs: Any) -> Cluster:
+    spec = STACKS[stack]
+    env = {**spec.get("env", {}), **kwargs.pop("env", {})}
+    return Cluster(tmp, server=spec["server"], app=spec["app"], env=env, **kwargs)
+
+
+@pytest.fixture(scope="module", params=list(STACKS))
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Three nodes forwarding through the default aiohttp transport, then the same suite through httpx."""
-    env = {"AFFINITY_TRANSPORT": request.param}
-    with Cluster(tmp_path_factory.mktemp(f"asgi3-{request.param}"), env=env) as c:
+    with make_cluster(tmp_path_factory.mktemp(request.param), request.param) as c:
         yield c
+
+
+@pytest.fixture(params=["asgi-aiohttp", "wsgi-gthread-urllib3"])
+def stack(request: pytest.FixtureRequest) -> str:
+    """For tests that build their own cluster: one ASGI and one WSGI stack."""
+    return str(request.param)
 
 
 @pytest.fixture()
@@ -286,10 +316,10 @@ def test_no_key_is_served_locally(cluster: Cluster, client: httpx.Client) -> Non
         assert r.json()["decision"]["reason"] == "no-key"
 
 
-def test_disagreeing_members_never_loop(tmp_path: Path, client: httpx.Client) -> None:
+def test_disagreeing_members_never_loop(tmp_path: Path, client: httpx.Client, stack: str) -> None:
     """Node 1 knows {1, 2}, node 2 knows {2, 3}, node 3 knows {1, 3}: chains and cycles are possible without
     the marker. Each forwarded request must stop at the first peer it reaches."""
-    c = Cluster(tmp_path, n=3)
+    c = make_cluster(tmp_path, stack, n=3)
     u = c.urls
     lists = [[u[0], u[1]], [u[1], u[2]], [u[0], u[2]]]
     for node, peers in zip(c.nodes, lists, strict=True):
@@ -315,8 +345,8 @@ def test_disagreeing_members_never_loop(tmp_path: Path, client: httpx.Client) ->
         assert chains > 0, "the test must include keys the second node would have forwarded again"
 
 
-def test_different_vnodes_each_thinking_the_other_owns(tmp_path: Path, client: httpx.Client) -> None:
-    c = Cluster(tmp_path, n=2, node_env=[{"AFFINITY_VNODES": "160"}, {"AFFINITY_VNODES": "3"}])
+def test_different_vnodes_each_thinking_the_other_owns(tmp_path: Path, client: httpx.Client, stack: str) -> None:
+    c = make_cluster(tmp_path, stack, n=2, node_env=[{"AFFINITY_VNODES": "160"}, {"AFFINITY_VNODES": "3"}])
     ring_a = StaticMembership(c.urls, c.urls[0], vnodes=160).ring
     ring_b = StaticMembership(c.urls, c.urls[1], vnodes=3).ring
     pingpong = [
@@ -332,8 +362,8 @@ def test_different_vnodes_each_thinking_the_other_owns(tmp_path: Path, client: h
             assert r.json()["decision"]["hops"] == 1
 
 
-def test_dead_peer_keys_go_to_next_successor(tmp_path: Path, client: httpx.Client) -> None:
-    with Cluster(tmp_path, n=3) as c:
+def test_dead_peer_keys_go_to_next_successor(tmp_path: Path, client: httpx.Client, stack: str) -> None:
+    with make_cluster(tmp_path, stack, n=3) as c:
         ring = StaticMembership(c.urls).ring
         dead = c.nodes[2]
         kill(dead)
@@ -350,8 +380,8 @@ def test_dead_peer_keys_go_to_next_successor(tmp_path: Path, client: httpx.Clien
         assert r.json()["count"] == 2
 
 
-def test_no_key_reject_policy_answers_400(tmp_path: Path, client: httpx.Client) -> None:
-    with Cluster(tmp_path, n=2, env={"AFFINITY_NO_KEY": "reject"}) as c:
+def test_no_key_reject_policy_answers_400(tmp_path: Path, client: httpx.Client, stack: str) -> None:
+    with make_cluster(tmp_path, stack, n=2, env={"AFFINITY_NO_KEY": "reject"}) as c:
         r = client.get(f"{c.urls[0]}/probe/x/echo")
         assert r.status_code == 400
         assert b"affinity key" in r.content

@@ -1,0 +1,69 @@
+"""Flask extension: ``Affinity(app)`` or ``Affinity().init_app(app)``, configured from ``app.config``.
+
+The extension wraps ``app.wsgi_app`` with :class:`~affinity_mw.AffinityWSGIMiddleware`, so a request another
+node owns is forwarded before Flask opens a request context, loads the session or runs ``before_request``.
+
+Configuration is read, in order of precedence, from keyword arguments to ``Affinity``, ``app.config`` keys
+named like the environment variables (``AFFINITY_PEERS``, ``AFFINITY_KEY``, ...), then the environment.
+Flask's own session is a ready key source: ``AFFINITY_KEY = "signed-cookie:session:tenant"`` reads the
+``tenant`` field of the session cookie, verified with the app's ``SECRET_KEY`` (and ``SECRET_KEY_FALLBACKS``
+for rotation) and limited to ``PERMANENT_SESSION_LIFETIME``, unless ``AFFINITY_COOKIE_SECRET`` says otherwise.
+The forwarding node never needs the session's contents: only the signed field the key names.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+from ..router import Decision
+from ..wsgi import DECISION_KEY, AffinityWSGIMiddleware
+
+__all__ = ["Affinity", "current_decision"]
+
+
+class Affinity:
+    """Request affinity for a Flask app. See the module docstring for configuration."""
+
+    def __init__(self, app: Any = None, **options: Any) -> None:
+        self.options = options
+        self.middleware: AffinityWSGIMiddleware | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Any) -> None:
+        environ = dict(os.environ)
+        for key, value in app.config.items():
+            if key.startswith("AFFINITY_") and value is not None:
+                environ[key] = _as_env(value)
+        if "AFFINITY_COOKIE_SECRET" not in environ and app.config.get("SECRET_KEY"):
+            keys = [*(app.config.get("SECRET_KEY_FALLBACKS") or []), app.config["SECRET_KEY"]]
+            environ["AFFINITY_COOKIE_SECRET"] = ",".join(_as_str(k) for k in keys)
+            if "AFFINITY_COOKIE_MAX_AGE" not in environ:
+                lifetime = app.config.get("PERMANENT_SESSION_LIFETIME", timedelta(days=31))
+                seconds = lifetime.total_seconds() if isinstance(lifetime, timedelta) else float(lifetime)
+                environ["AFFINITY_COOKIE_MAX_AGE"] = str(int(seconds))
+        self.middleware = AffinityWSGIMiddleware(app.wsgi_app, environ=environ, **self.options)
+        app.wsgi_app = self.middleware
+        app.extensions["affinity"] = self
+
+
+def current_decision() -> Decision | None:
+    """The routing decision for the request being handled (``None`` outside a request or without the extension)."""
+    from flask import request
+
+    return request.environ.get(DECISION_KEY)  # type: ignore[no-any-return]
+
+
+def _as_str(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _as_env(value: Any) -> str:
+    """``app.config`` holds Python values; the settings parser reads the environment's string forms."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_as_str(v) for v in value)
+    return _as_str(value)
