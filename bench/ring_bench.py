@@ -29,8 +29,7 @@ REPEAT = 5
 
 def make_nodes(count: int) -> list[Node]:
     return [
-        Node(f"http://10.0.{i // 256}.{i % 256}:8000", f"http://10.0.{i // 256}.{i % 256}:8000")
-        for i in range(count)
+        Node(f"http://10.0.{i // 256}.{i % 256}:8000", f"http://10.0.{i // 256}.{i % 256}:8000") for i in range(count)
     ]
 
 
@@ -75,9 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--vnodes", type=int, default=DEFAULT_VNODES, help="points per node (default 160)")
-    parser.add_argument(
-        "--nodes", default="3,10,100", help="comma-separated cluster sizes (default 3,10,100)"
-    )
+    parser.add_argument("--nodes", default="3,10,100", help="comma-separated cluster sizes (default 3,10,100)")
     args = parser.parse_args(argv)
 
     keys = [f"tenant-{i}" for i in range(LOOKUPS)]

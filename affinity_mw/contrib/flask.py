@@ -53,7 +53,7 @@ def current_decision() -> Decision | None:
     """The routing decision for the request being handled (``None`` outside a request or without the extension)."""
     from flask import request
 
-    return request.environ.get(DECISION_KEY)  # type: ignore[no-any-return]
+    return request.environ.get(DECISION_KEY)
 
 
 def _as_str(value: Any) -> str:
