@@ -39,7 +39,7 @@ class Response:
     ) -> None:
         self.status = status
         self.headers = headers or []
-        self.chunks = chunks or [b"ok"]
+        self.chunks = [b"ok"] if chunks is None else chunks
         self.fail_after = fail_after
         self.closed: bool | None = None
 

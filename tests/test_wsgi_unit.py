@@ -1,0 +1,171 @@
+"""Unit tests of the WSGI middleware's own logic with a scripted transport (real servers: test_cluster.py)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from affinity_mw import AffinityWSGIMiddleware, StaticMembership, hash_key
+from affinity_mw.forward import ConnectFailed, ForwardError, SendFailed, UpstreamRequest, UpstreamTimeout
+from affinity_mw.wsgi import environ_headers
+
+URLS = ["http://127.0.0.1:1", "http://127.0.0.2:1", "http://127.0.0.3:1"]
+SECRET = "wsgi-unit-secret-0123456789"
+RING = StaticMembership(URLS).ring
+SEEN: list[dict[str, Any]] = []
+
+
+def tenant_where(predicate: Any) -> str:
+    return next(t for t in (f"t{i}" for i in range(1000)) if predicate([n.id for n in RING.successors(hash_key(t))]))
+
+
+class Response:
+    def __init__(self, status: int = 200, headers: list[tuple[bytes, bytes]] | None = None,
+                 chunks: list[bytes] | None = None, fail_after: int | None = None) -> None:  # fmt: skip
+        self.status = status
+        self.reason = ""
+        self.headers = headers or []
+        self.chunks = [b"ok"] if chunks is None else chunks
+        self.fail_after = fail_after
+        self.closed: bool | None = None
+
+    def iter_raw(self) -> Iterator[bytes]:
+        for i, chunk in enumerate(self.chunks):
+            if i == self.fail_after:
+                raise SendFailed("peer died mid-body")
+            yield chunk
+
+    def close(self, *, reusable: bool) -> None:
+        self.closed = reusable
+
+
+class ScriptedTransport:
+    def __init__(self, *script: Any) -> None:
+        self.script = list(script)
+        self.requests: list[UpstreamRequest] = []
+        self.bodies: list[bytes] = []
+
+    def send(self, request: UpstreamRequest) -> Any:
+        self.requests.append(request)
+        outcome = self.script.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        if request.body is not None:
+            self.bodies.append(b"".join(request.body))  # type: ignore[arg-type]
+        return outcome
+
+    def close(self) -> None:
+        pass
+
+
+def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    SEEN.append(environ)
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("X-App", "local")])
+    return [b"local:" + body]
+
+
+def middleware(transport: Any = None, self_url: str = URLS[0], **options: Any) -> AffinityWSGIMiddleware:
+    options = {"peers": URLS, "self_url": self_url, "secret": SECRET, "key": "header:X-Tenant", **options}
+    return AffinityWSGIMiddleware(app, transport=transport or ScriptedTransport(), **options)
+
+
+def call(mw: AffinityWSGIMiddleware, tenant: str | None, method: str = "GET", body: bytes = b"",
+         extra: dict[str, str] | None = None) -> tuple[str, list[tuple[str, str]], bytes]:  # fmt: skip
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method, "PATH_INFO": "/p", "QUERY_STRING": "q=1", "SERVER_NAME": "x", "SERVER_PORT": "1",
+        "REMOTE_ADDR": "10.9.9.9", "REMOTE_PORT": "1234", "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
+        "HTTP_HOST": "app.example", **(extra or {}),
+    }  # fmt: skip
+    if tenant is not None:
+        environ["HTTP_X_TENANT"] = tenant
+    if body:
+        environ["CONTENT_LENGTH"] = str(len(body))
+    status: list[Any] = []
+
+    def start_response(s: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        status[:] = [s, headers]
+
+    result = mw(environ, start_response)
+    try:
+        data = b"".join(result)
+    finally:
+        getattr(result, "close", lambda: None)()
+    return status[0], status[1], data
+
+
+def test_environ_headers_rebuilds_asgi_shape() -> None:
+    headers = environ_headers({"HTTP_X_TENANT": "a", "CONTENT_TYPE": "text/plain", "CONTENT_LENGTH": "3",
+                               "HTTP_X_AFFINITY_HOP": "m", "wsgi.input": None})  # fmt: skip
+    assert headers == [(b"x-tenant", b"a"), (b"x-affinity-hop", b"m"), (b"content-type", b"text/plain"),
+                       (b"content-length", b"3")]  # fmt: skip
+    assert (b"transfer-encoding", b"chunked") in environ_headers({"wsgi.input_terminated": True})
+
+
+def test_local_path_strips_internal_headers_and_exposes_decision() -> None:
+    tenant = tenant_where(lambda order: order[0] == URLS[0])
+    status, headers, body = call(middleware(debug_headers=True), tenant,
+                                 extra={"HTTP_X_AFFINITY_HOP": "forged", "HTTP_X_AFFINITY_OWNER": "x"})  # fmt: skip
+    assert status == "200 OK" and body == b"local:"
+    assert not [k for k in SEEN[-1] if k.startswith("HTTP_X_AFFINITY")]
+    assert SEEN[-1]["affinity_mw.decision"].reason == "owner"
+    assert ("x-affinity-served-by", URLS[0]) in headers
+
+
+def test_forward_streams_body_and_relays_response() -> None:
+    tenant = tenant_where(lambda order: order[0] == URLS[1])
+    response = Response(
+        201, [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2"), (b"content-length", b"2")], [b"x", b"y"]
+    )
+    transport = ScriptedTransport(response)
+    status, headers, body = call(middleware(transport), tenant, "POST", b"payload")
+    request = transport.requests[0]
+    assert request.url_base == URLS[1] and request.target == "/p?q=1" and request.content_length == 7
+    assert transport.bodies == [b"payload"]
+    assert status == "201 Created" and body == b"xy"
+    assert [h for h in headers if h[0] == "set-cookie"] == [("set-cookie", "a=1"), ("set-cookie", "b=2")]
+    assert response.closed is True
+    sent = dict(request.headers)
+    assert sent[b"x-forwarded-for"] == b"10.9.9.9" and sent[b"host"] == b"app.example"
+
+
+def test_failover_and_retry_rules() -> None:
+    tenant = tenant_where(lambda order: order[0] == URLS[1] and order[1] == URLS[2])
+    transport = ScriptedTransport(ConnectFailed("refused"), Response())
+    assert call(middleware(transport), tenant, "POST", b"b")[0].startswith("200")
+    assert [r.url_base for r in transport.requests] == [URLS[1], URLS[2]]
+    transport = ScriptedTransport(SendFailed("reset"), Response())
+    assert call(middleware(transport), tenant, "POST", b"b")[0].startswith("502")
+    assert len(transport.requests) == 1
+    transport = ScriptedTransport(SendFailed("reset"), Response())
+    assert call(middleware(transport), tenant, "GET")[0].startswith("200")
+    assert call(middleware(ScriptedTransport(UpstreamTimeout("slow"))), tenant)[0].startswith("504")
+    tenant = tenant_where(lambda order: order[0] == URLS[1] and order[1] == URLS[0])
+    _, _, body = call(middleware(ScriptedTransport(ConnectFailed("refused"))), tenant, "POST", b"b")
+    assert body == b"local:b" and SEEN[-1]["affinity_mw.decision"].reason == "failover"
+
+
+def test_mid_body_failure_and_short_body_abort() -> None:
+    tenant = tenant_where(lambda order: order[0] == URLS[1])
+    response = Response(200, [], [b"a", b"b"], fail_after=1)
+    with pytest.raises(SendFailed):
+        call(middleware(ScriptedTransport(response)), tenant)
+    assert response.closed is False
+    response = Response(200, [(b"content-length", b"10")], [b"abc"])
+    with pytest.raises(ForwardError, match="Content-Length"):
+        call(middleware(ScriptedTransport(response)), tenant)
+    assert response.closed is False
+
+
+def test_head_response_is_not_short() -> None:
+    tenant = tenant_where(lambda order: order[0] == URLS[1])
+    response = Response(200, [(b"content-length", b"10")], [])
+    status, _, body = call(middleware(ScriptedTransport(response)), tenant, "HEAD")
+    assert status.startswith("200") and body == b"" and response.closed is True
+
+
+def test_reject_policy() -> None:
+    assert call(middleware(no_key="reject"), None)[0].startswith("400")
