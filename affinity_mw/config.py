@@ -82,6 +82,35 @@ OPTIONS: tuple[Option, ...] = (
         "This node's base URL, exactly as it appears in the peers.",
     ),
     Option(
+        "dns",
+        "AFFINITY_DNS",
+        None,
+        _opt_str,
+        "Membership from DNS instead of a list: a name's A/AAAA records (`app.ns.svc`), or `srv:_http._tcp.NAME`.",
+    ),
+    Option("dns_port", "AFFINITY_DNS_PORT", 80, _int, "Port of every member found through A/AAAA records."),
+    Option(
+        "dns_nameserver",
+        "AFFINITY_DNS_NAMESERVER",
+        (),
+        _list,
+        "Nameservers to ask instead of the system resolver: `host[:port]`, IPv6 in brackets, comma-separated.",
+    ),
+    Option(
+        "dns_refresh",
+        "AFFINITY_DNS_REFRESH",
+        5.0,
+        _float,
+        "Seconds between DNS lookups (jittered 10%; a shorter record TTL shortens it, never below 1 s).",
+    ),
+    Option(
+        "peer_scheme",
+        "AFFINITY_PEER_SCHEME",
+        "http",
+        _choice("http", "https"),
+        "Scheme of members found through DNS.",
+    ),
+    Option(
         "secret",
         "AFFINITY_SECRET",
         (),
@@ -212,6 +241,11 @@ class Settings:
 
     peers: tuple[str, ...] = ()
     self_url: str | None = None
+    dns: str | None = None
+    dns_port: int = 80
+    dns_nameserver: tuple[str, ...] = ()
+    dns_refresh: float = 5.0
+    peer_scheme: str = "http"
     secret: tuple[str, ...] = ()
     key: str | Extractor | None = None
     no_key: str = "local"
@@ -287,10 +321,17 @@ class Settings:
                 errors.append(f"{name} ({_BY_NAME[name].env}) must be a positive number of seconds")
         if self.trusted_proxies < 0:
             errors.append("trusted_proxies (AFFINITY_TRUSTED_PROXIES) must be 0 or more")
-        if len(self.peers) > 1 and not self.secret:
+        clustered = len(self.peers) > 1 or self.dns is not None
+        if self.peers and self.dns:
+            errors.append("set either AFFINITY_PEERS or AFFINITY_DNS, not both")
+        if clustered and not self.secret:
             errors.append("a secret (AFFINITY_SECRET) is required when there is more than one peer")
-        if len(self.peers) > 1 and self.key is None:
+        if clustered and self.key is None:
             errors.append("a key source (AFFINITY_KEY or key=) is required when there is more than one peer")
+        if not 0 < self.dns_port < 65536:
+            errors.append(f"dns_port (AFFINITY_DNS_PORT) must be a TCP port, got {self.dns_port!r}")
+        if not self.dns_refresh >= 1:
+            errors.append("dns_refresh (AFFINITY_DNS_REFRESH) must be at least 1 second")
         if any(len(s) < 16 for s in self.secret):
             errors.append("every AFFINITY_SECRET must be at least 16 characters long")
         extractor: Extractor | None = None

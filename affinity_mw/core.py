@@ -13,7 +13,7 @@ from typing import Any
 from .config import Settings
 from .forward import ForwardPlan, Headers
 from .hop import HopSigner
-from .membership import StaticMembership
+from .membership import membership_from_settings
 from .router import Decision, Router
 
 __all__ = ["NO_KEY_REJECTED", "OWNER_HEADER", "SERVED_BY_HEADER", "AffinityCore"]
@@ -33,7 +33,7 @@ class AffinityCore:
     def __init__(self, *, membership: Any = None, environ: Mapping[str, str] | None = None, **options: Any) -> None:
         self.settings = settings = Settings.load(options, environ)
         if membership is None:
-            membership = StaticMembership(settings.peers, settings.self_url, vnodes=settings.vnodes)
+            membership = membership_from_settings(settings)
         self.membership = membership
         self.signer = HopSigner(settings.secret, max_age=settings.hop_max_age) if settings.secret else None
         self.router = Router(

@@ -10,11 +10,15 @@ reference, so a request finishes on the ring it started with and the hot path ta
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .ring import HashRing, Node
 
-__all__ = ["StaticMembership", "normalize_url"]
+if TYPE_CHECKING:
+    from .config import Settings
+
+__all__ = ["StaticMembership", "membership_from_settings", "normalize_url"]
 
 
 def normalize_url(url: str) -> str:
@@ -77,3 +81,12 @@ class StaticMembership:
 
     def __repr__(self) -> str:
         return f"StaticMembership(self={self.self_id!r}, ring={self.ring!r})"
+
+
+def membership_from_settings(settings: Settings) -> Any:
+    """The membership source the settings name: DNS (``AFFINITY_DNS``) or the static list (``AFFINITY_PEERS``)."""
+    if settings.dns:
+        from .dns import DnsMembership
+
+        return DnsMembership.from_settings(settings)
+    return StaticMembership(settings.peers, settings.self_url, vnodes=settings.vnodes)

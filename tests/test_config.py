@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -10,6 +12,12 @@ from affinity_mw.config import OPTIONS, ConfigurationError, Settings
 
 PEERS = "http://127.0.0.1:1,http://127.0.0.2:1"
 SECRET = "config-test-secret-0123456789"
+
+
+def test_options_table_in_docs_is_generated_from_options() -> None:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gen_config_docs.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True)
+    assert result.returncode == 0, "docs/configuration.md is stale: run python scripts/gen_config_docs.py"
 
 
 def test_every_option_is_a_setting_and_documented() -> None:
