@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .core import NO_KEY_REJECTED, SERVED_BY_HEADER, AffinityCore
+from .core import DRAINING, NO_KEY_REJECTED, SERVED_BY_HEADER, AffinityCore
 from .forward import (
     CANNOT_REACH,
     AsyncTransport,
@@ -82,6 +82,14 @@ class AffinityMiddleware:
             await self.app(scope, receive, send)
             return
 
+        health_path = self.core.health_path
+        if health_path and scope["path"].startswith(health_path):
+            client = scope.get("client")
+            answer = self.core.internal_response(scope["method"], scope["path"], client[0] if client else None)
+            if answer is not None:
+                await _plain(send, *answer, content_type=b"application/json")
+                return
+
         headers = scope["headers"]
         hop_token: bytes | None = None
         internal = False
@@ -123,8 +131,11 @@ class AffinityMiddleware:
             scope["state"] = state = {}
         state["affinity"] = decision
         decision.served_by = self.core.self_id
-        if self.core.debug_headers:
-            send = _with_headers(send, self.core.debug_headers_for(decision))
+        if self.core.debug_headers or self.core.draining:
+            extra = self.core.debug_headers_for(decision) if self.core.debug_headers else []
+            if self.core.draining:
+                extra.append(DRAINING)
+            send = _with_headers(send, extra)
         await self.app(scope, receive, send)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
@@ -154,7 +165,7 @@ class AffinityMiddleware:
                     continue
                 await _plain(send, *verdict)
                 return
-            decision.served_by = node.id
+            response.headers = plan.answered(node, response.status, response.headers)
             await self._relay(response, receive, send, decision, body, bodiless(method, response.status))
             return
         if self.router.serve_after_failover(decision, self.core.fallback_local):
@@ -217,6 +228,7 @@ class AffinityMiddleware:
         async def wrapped() -> Message:
             message = await receive()
             if message["type"] == "lifespan.shutdown":
+                self.core.start_draining()
                 await self.transport.aclose()
             return message
 
@@ -265,15 +277,12 @@ async def _wait_disconnect(receive: Receive) -> None:
         pass
 
 
-async def _plain(send: Send, status: int, text: bytes) -> None:
+async def _plain(send: Send, status: int, text: bytes, content_type: bytes = b"text/plain; charset=utf-8") -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(text)).encode()),
-            ],
+            "headers": [(b"content-type", content_type), (b"content-length", str(len(text)).encode())],
         }
     )
     await send({"type": "http.response.body", "body": text, "more_body": False})

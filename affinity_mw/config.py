@@ -170,6 +170,35 @@ OPTIONS: tuple[Option, ...] = (
         "ASGI forwarding client: `aiohttp` (fastest measured) or `httpx`.",
     ),
     Option("hop_max_age", "AFFINITY_HOP_MAX_AGE", 30, _int, "Seconds a hop marker stays valid."),
+    Option(
+        "eject_after",
+        "AFFINITY_EJECT_AFTER",
+        5,
+        _int,
+        "Consecutive failures (refused, reset, timeout, 5xx) after which a peer is set aside.",
+    ),
+    Option(
+        "eject_time",
+        "AFFINITY_EJECT_TIME",
+        30.0,
+        _float,
+        "Seconds a peer is set aside, times its ejection count (at most 10x); also how long a draining peer is.",
+    ),
+    Option(
+        "health_path",
+        "AFFINITY_HEALTH_PATH",
+        "/_affinity/health",
+        _str,
+        "Path the middleware answers itself: node status as JSON (503 while draining); `POST PATH/drain` from "
+        "loopback starts draining. Empty disables both.",
+    ),
+    Option(
+        "health_interval",
+        "AFFINITY_HEALTH_INTERVAL",
+        0.0,
+        _float,
+        "Seconds between active checks of set-aside peers' health path, re-admitting them early; 0 disables.",
+    ),
     Option("vnodes", "AFFINITY_VNODES", 160, _int, "Virtual nodes per unit of weight on the ring."),
     Option(
         "max_key_length",
@@ -258,6 +287,10 @@ class Settings:
     pool_size: int = 100
     transport: str = "aiohttp"
     hop_max_age: int = 30
+    eject_after: int = 5
+    eject_time: float = 30.0
+    health_path: str = "/_affinity/health"
+    health_interval: float = 0.0
     vnodes: int = 160
     max_key_length: int = 1024
     trusted_proxies: int = 0
@@ -310,10 +343,24 @@ class Settings:
 
     def _validated(self) -> Settings:
         errors: list[str] = []
-        positive = ("max_attempts", "pool_size", "hop_max_age", "vnodes", "max_key_length", "cookie_max_age")
+        positive = (
+            "max_attempts",
+            "pool_size",
+            "hop_max_age",
+            "vnodes",
+            "max_key_length",
+            "cookie_max_age",
+            "eject_after",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 errors.append(f"{name} ({_BY_NAME[name].env}) must be at least 1, got {getattr(self, name)!r}")
+        if not self.eject_time > 0:
+            errors.append("eject_time (AFFINITY_EJECT_TIME) must be a positive number of seconds")
+        if self.health_interval < 0:
+            errors.append("health_interval (AFFINITY_HEALTH_INTERVAL) must be 0 (off) or more seconds")
+        if self.health_path and not self.health_path.startswith("/"):
+            errors.append(f"health_path (AFFINITY_HEALTH_PATH) must start with '/', got {self.health_path!r}")
         if self.jwt_leeway < 0:
             errors.append("jwt_leeway (AFFINITY_JWT_LEEWAY) must be 0 or more seconds")
         for name in ("connect_timeout", "read_timeout", "keepalive"):

@@ -7,19 +7,30 @@ else, and every decision that does no I/O, is here or in :mod:`~affinity_mw.rout
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
+import json
+import logging
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from .config import Settings
-from .forward import ForwardPlan, Headers
+from .forward import DRAINING_HEADER, ForwardPlan, Headers
+from .health import PeerHealth
 from .hop import HopSigner
 from .membership import membership_from_settings
 from .router import Decision, Router
 
-__all__ = ["NO_KEY_REJECTED", "OWNER_HEADER", "SERVED_BY_HEADER", "AffinityCore"]
+__all__ = ["DRAINING", "NO_KEY_REJECTED", "OWNER_HEADER", "SERVED_BY_HEADER", "AffinityCore"]
+
+logger = logging.getLogger("affinity_mw")
 
 SERVED_BY_HEADER = b"x-affinity-served-by"
 OWNER_HEADER = b"x-affinity-owner"
+DRAINING = (DRAINING_HEADER, b"1")
 NO_KEY_REJECTED = (400, b"This request carries no affinity key (AFFINITY_NO_KEY=reject).\n")
 
 
@@ -36,6 +47,9 @@ class AffinityCore:
             membership = membership_from_settings(settings)
         self.membership = membership
         self.signer = HopSigner(settings.secret, max_age=settings.hop_max_age) if settings.secret else None
+        self.health = PeerHealth(
+            eject_after=settings.eject_after, base=settings.eject_time, max_ejection=settings.eject_time * 10
+        )
         self.router = Router(
             membership=membership,
             extractor=settings.extractor,
@@ -43,9 +57,17 @@ class AffinityCore:
             no_key=settings.no_key,
             max_attempts=settings.max_attempts,
             max_key_length=settings.max_key_length,
+            health=self.health,
         )
+        self.counters = self.router.counters
         self.debug_headers = settings.debug_headers
         self.fallback_local = settings.fallback == "local"
+        self.health_path = settings.health_path
+        self.draining = False
+        self._checker: threading.Thread | None = None
+        if settings.health_interval > 0:
+            self._checker = threading.Thread(target=self._check_set_aside, name="affinity-mw-health", daemon=True)
+            self._checker.start()
 
     @property
     def self_id(self) -> str | None:
@@ -65,10 +87,81 @@ class AffinityCore:
     ) -> ForwardPlan:
         if self.signer is None:  # Settings requires a secret whenever there is a peer to forward to
             raise RuntimeError("affinity-mw cannot forward without AFFINITY_SECRET")
-        return ForwardPlan(decision, self.signer, self.self_id or "", headers, client, scheme)
+        return ForwardPlan(
+            decision, self.signer, self.self_id or "", headers, client, scheme, self.health, self.counters
+        )
 
     def debug_headers_for(self, decision: Decision) -> Headers:
         """``X-Affinity-Served-By`` and ``X-Affinity-Owner`` for a response this node produced or relayed."""
         served_by = (decision.served_by or self.self_id or "").encode("latin-1")
         owner = decision.owner.id.encode("latin-1") if decision.owner else b""
         return [(SERVED_BY_HEADER, served_by), (OWNER_HEADER, owner)]
+
+    def start_draining(self) -> None:
+        """Shutting down: answer the health path with 503 and mark every response, so load balancers and peers
+        stop sending new requests here while in-flight ones finish."""
+        if not self.draining:
+            self.draining = True
+            logger.warning("affinity-mw: %s is draining", self.self_id)
+
+    def status(self) -> dict[str, Any]:
+        """What the health path answers: enough to see at a glance whether nodes agree and who is set aside."""
+        ring = self.membership.ring
+        return {
+            "node": self.self_id,
+            "status": "draining" if self.draining else "ok",
+            "ring_checksum": ring.checksum,
+            "members": [node.id for node in ring.nodes],
+            "set_aside": self.health.ejected(),
+            "counters": dict(self.counters),
+            "membership": getattr(self.membership, "stats", None),
+        }
+
+    def internal_response(self, method: str, path: str, client_host: str | None) -> tuple[int, bytes] | None:
+        """The answer for the middleware's own paths, or ``None`` when ``path`` is the app's.
+
+        ``POST {health_path}/drain`` is honoured from loopback only: it is meant for a Kubernetes ``preStop``
+        hook running inside the pod, never for clients.
+        """
+        if path == self.health_path:
+            if method not in ("GET", "HEAD"):
+                return 405, b'{"error": "use GET"}\n'
+            return (503 if self.draining else 200), json.dumps(self.status()).encode() + b"\n"
+        if path == self.health_path + "/drain":
+            if method != "POST":
+                return 405, b'{"error": "use POST"}\n'
+            if not _is_loopback(client_host):
+                return 403, b'{"error": "draining can only be started from this host"}\n'
+            self.start_draining()
+            return 200, json.dumps({"node": self.self_id, "status": "draining"}).encode() + b"\n"
+        return None
+
+    def _check_set_aside(self) -> None:
+        """Active checks: ask set-aside peers' health path and re-admit those that answer 200 before their time."""
+        interval = self.settings.health_interval
+        while True:
+            time.sleep(interval)
+            for node_id in list(self.health.ejected()):
+                node = self.membership.ring.get(node_id)
+                if node is not None and _healthy(node.address + self.health_path, self.settings.connect_timeout):
+                    self.health.readmit(node_id)
+
+
+def _is_loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _healthy(url: str, timeout: float) -> bool:
+    parts = urlsplit(url)
+    conn_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = conn_class(parts.hostname or "", parts.port, timeout=timeout)
+    try:
+        conn.request("GET", parts.path)
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from .health import PeerHealth
 from .hop import HOP_HEADER, INTERNAL_PREFIX, HopSigner
 from .ring import Node
 
@@ -190,6 +192,7 @@ def bodiless(method: str, status: int) -> bool:
     return method == "HEAD" or status < 200 or status in (204, 304)
 
 
+DRAINING_HEADER = b"x-affinity-draining"
 CANNOT_REACH = (502, b"No owner of this key could be reached.\n")
 
 
@@ -202,7 +205,18 @@ class ForwardPlan:
     whose body has not been streamed (a POST is never sent twice). A timeout is final (504).
     """
 
-    __slots__ = ("added", "client", "decision", "headers", "retried", "scheme", "sender", "signer")
+    __slots__ = (
+        "added",
+        "client",
+        "counters",
+        "decision",
+        "headers",
+        "health",
+        "retried",
+        "scheme",
+        "sender",
+        "signer",
+    )
 
     def __init__(
         self,
@@ -212,7 +226,11 @@ class ForwardPlan:
         headers: Sequence[tuple[bytes, bytes]],
         client: tuple[str, int] | None,
         scheme: str,
+        health: PeerHealth,
+        counters: Counter[str],
     ) -> None:
+        self.health = health
+        self.counters = counters
         self.decision = decision
         self.signer = signer
         self.sender = sender
@@ -240,6 +258,8 @@ class ForwardPlan:
 
     def failed(self, node: Node, exc: ForwardError, method: str, body_started: bool) -> tuple[int, bytes] | None:
         """``None`` to go on to the next candidate, else the status and text to answer the client with."""
+        self.health.failure(node.id)
+        self.counters["forward_errors"] += 1
         if isinstance(exc, UpstreamTimeout):
             logger.warning("affinity-mw: %s did not answer in time (%s)", node.id, exc)
             return 504, b"The key's owner did not answer in time.\n"
@@ -251,9 +271,27 @@ class ForwardPlan:
         if method in IDEMPOTENT and not body_started and not self.retried:
             logger.warning("affinity-mw: %s failed before answering (%s); retrying once", node.id, exc)
             self.retried = True
+            self.counters["retries"] += 1
             return None
         logger.warning("affinity-mw: %s failed before answering (%s)", node.id, exc)
         return 502, b"The key's owner failed before answering.\n"
+
+    def answered(self, node: Node, status: int, headers: Headers) -> Headers:
+        """Record a peer's answer for health, and return its headers minus our internal draining signal.
+
+        A 5xx counts as a failure toward ejection (like Envoy's consecutive_5xx); ``X-Affinity-Draining`` sets the
+        peer aside at once so new keys stop going to a node that is shutting down. The response itself is
+        relayed as it is: it is a real answer to this request.
+        """
+        if status >= 500:
+            self.health.failure(node.id)
+        else:
+            self.health.success(node.id)
+        if any(name == DRAINING_HEADER for name, _ in headers):
+            self.health.draining(node.id)
+            headers = [(name, value) for name, value in headers if name != DRAINING_HEADER]
+        self.decision.served_by = node.id
+        return headers
 
 
 _last_warned: dict[str, float] = {}

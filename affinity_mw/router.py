@@ -8,8 +8,10 @@ an app can log or assert where its requests were routed.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
+from .health import PeerHealth
 from .hop import HopMarker, HopSigner
 from .keys import Extractor
 from .request import RequestView
@@ -31,7 +33,8 @@ class Decision:
     key), ``hop`` (a peer already routed it here), ``no-key``, ``single-node``, ``not-member``, ``failover``
     (the owner was unreachable and this node is next), ``fallback`` (no peer was reachable). ``candidates`` is the
     failover order for a forward, owner first. ``served_by`` is filled in by the forwarder with the peer that
-    answered; ``attempts`` counts connection attempts.
+    answered; ``attempts`` counts connection attempts. ``skew`` is true when a hop's sender built its ring from
+    a different membership than this node's.
     """
 
     __slots__ = (
@@ -44,7 +47,9 @@ class Decision:
         "owner",
         "reason",
         "ring",
+        "self_is_next",
         "served_by",
+        "skew",
     )
 
     def __init__(
@@ -68,6 +73,8 @@ class Decision:
         self.marker = marker
         self.served_by: str | None = None
         self.attempts = 0
+        self.self_is_next = False
+        self.skew = False
 
     @property
     def local(self) -> bool:
@@ -90,6 +97,7 @@ class Decision:
             "attempts": self.attempts,
             "ring_checksum": self.ring.checksum,
             "sender": self.marker.sender if self.marker else None,
+            "ring_skew": self.skew,
         }
 
     def __repr__(self) -> str:
@@ -98,10 +106,13 @@ class Decision:
 
 
 class Router:
-    """Turns a request into a :class:`Decision`, given the current ring, this node's id and the hop signer.
+    """Turns a request into a :class:`Decision`, given the current ring, this node's id, peer health and the hop
+    signer.
 
     ``membership`` is anything with ``ring`` and ``self_id`` attributes; the ring is read once per request so a
-    membership change between two reads cannot split one decision across two rings.
+    membership change between two reads cannot split one decision across two rings. ``counters`` counts every
+    decision by kind (see ``docs/operations.md``); increments are plain dict updates, cheap enough for the hot
+    path and exact under the GIL for one thread, approximate under many.
     """
 
     def __init__(
@@ -113,6 +124,7 @@ class Router:
         no_key: str = "local",
         max_attempts: int = 3,
         max_key_length: int = 1024,
+        health: PeerHealth | None = None,
     ) -> None:
         self.membership = membership
         self.extractor = extractor
@@ -120,6 +132,8 @@ class Router:
         self.reject_without_key = no_key == "reject"
         self.max_attempts = max_attempts
         self.max_key_length = max_key_length
+        self.health = health if health is not None else PeerHealth()
+        self.counters: Counter[str] = Counter()
 
     def extract(self, view: RequestView) -> str | None:
         """The request's key, or ``None``. A failing custom extractor must not turn into a 500 for the client."""
@@ -138,47 +152,75 @@ class Router:
 
     def decide(self, view: RequestView, hop_token: bytes | None = None) -> Decision:
         ring: HashRing = self.membership.ring
+        counters = self.counters
         key = self.extract(view)
         if key is None:
+            counters["no_key"] += 1
             if self.reject_without_key:
+                counters["rejected"] += 1
                 return Decision(REJECT, "no-key", ring)
             return Decision(LOCAL, "no-key", ring)
         key_hash = hash_key(key)
+        self_id = self.membership.self_id
         if hop_token is not None and self.signer is not None:
             marker = self.signer.verify(hop_token)
             if marker is not None and marker.key_hash == key_hash:
-                return Decision(LOCAL, "hop", ring, key, key_hash, ring.owner(key_hash), marker=marker)
+                return self._hop(ring, key, key_hash, marker, self_id)
+            counters["invalid_marker"] += 1
             logger.debug("affinity-mw: ignoring an invalid, stale or mismatched hop marker")
         owner = ring.owner(key_hash)
-        self_id = self.membership.self_id
         if owner is None or (len(ring) == 1 and owner.id == self_id):
+            counters["local"] += 1
             return Decision(LOCAL, "single-node", ring, key, key_hash, owner)
         if owner.id == self_id:
+            counters["local"] += 1
             return Decision(LOCAL, "owner", ring, key, key_hash, owner)
+        health = self.health
+        if health.any_ejected:
+            # Set-aside peers are skipped as if they had left the ring: their keys go to their successors only.
+            order = [n for n in ring.successors(key_hash) if n.id == self_id or health.usable(n.id)]
+            if order and order[0].id == self_id:
+                counters["local"] += 1
+                counters["failover"] += 1
+                return Decision(LOCAL, "failover", ring, key, key_hash, owner)
+        else:
+            order = list(ring.successors(key_hash, self.max_attempts + 1))
         candidates: list[Node] = []
-        for node in ring.successors(key_hash, self.max_attempts + 1):
+        for node in order:
             if node.id == self_id or len(candidates) == self.max_attempts:
                 break
             candidates.append(node)
-        return Decision(FORWARD, "owner" if self_id else "not-member", ring, key, key_hash, owner, tuple(candidates))
+        decision = Decision(
+            FORWARD, "owner" if self_id else "not-member", ring, key, key_hash, owner, tuple(candidates)
+        )
+        decision.self_is_next = len(order) > len(candidates) and order[len(candidates)].id == self_id
+        counters["forwarded"] += 1
+        return decision
+
+    def _hop(self, ring: HashRing, key: str, key_hash: int, marker: HopMarker, self_id: str | None) -> Decision:
+        """A peer routed this here: serve it whatever our ring says, and record any disagreement."""
+        counters = self.counters
+        counters["hop"] += 1
+        owner = ring.owner(key_hash)
+        decision = Decision(LOCAL, "hop", ring, key, key_hash, owner, marker=marker)
+        if owner is not None and owner.id != self_id:
+            counters["misroute"] += 1
+        if marker.ring_checksum != ring.checksum:
+            # The sender's membership differs from ours: a rollout or a DNS change in progress.
+            counters["ring_skew"] += 1
+            decision.skew = True
+        return decision
 
     def serve_after_failover(self, decision: Decision, fallback_local: bool) -> bool:
         """After every candidate refused: serve here? Yes when this node is the key's next owner (the ring's own
         answer without the dead nodes), or when the fallback policy says so. Records why on the decision."""
-        if self.self_is_next(decision):
+        if decision.self_is_next:
             decision.reason = "failover"
+            self.counters["failover"] += 1
         elif fallback_local:
             decision.reason = "fallback"
+            self.counters["fallback"] += 1
         else:
             return False
         decision.action = LOCAL
         return True
-
-    def self_is_next(self, decision: Decision) -> bool:
-        """After every candidate failed: is this node the next owner on the ring, so serving here is still right?"""
-        if decision.key_hash is None or self.membership.self_id is None:
-            return False
-        for node in decision.ring.successors(decision.key_hash, len(decision.candidates) + 1):
-            if node.id == self.membership.self_id:
-                return True
-        return False

@@ -12,7 +12,7 @@ import http
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from .core import NO_KEY_REJECTED, SERVED_BY_HEADER, AffinityCore
+from .core import DRAINING, NO_KEY_REJECTED, SERVED_BY_HEADER, AffinityCore
 from .forward import (
     CANNOT_REACH,
     ForwardError,
@@ -73,6 +73,13 @@ class AffinityWSGIMiddleware:
         self.transport: SyncTransport = transport
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        health_path = self.core.health_path
+        if health_path and environ.get("PATH_INFO", "").startswith(health_path):
+            answer = self.core.internal_response(
+                environ.get("REQUEST_METHOD", "GET"), environ["PATH_INFO"], environ.get("REMOTE_ADDR")
+            )
+            if answer is not None:
+                return _plain(start_response, *answer, content_type="application/json")
         headers = environ_headers(environ)
         remote = environ.get("REMOTE_ADDR") or None
         view = RequestView(
@@ -102,8 +109,11 @@ class AffinityWSGIMiddleware:
                 environ["wsgi.url_scheme"] = marker.scheme
         environ[DECISION_KEY] = decision
         decision.served_by = self.core.self_id
-        if self.core.debug_headers:
-            extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.core.debug_headers_for(decision)]
+        if self.core.debug_headers or self.core.draining:
+            raw = self.core.debug_headers_for(decision) if self.core.debug_headers else []
+            if self.core.draining:
+                raw.append(DRAINING)
+            extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
 
             def start_with_headers(status: str, response_headers: list[tuple[str, str]], *exc_info: Any) -> Any:
                 return start_response(status, [*response_headers, *extra], *exc_info)
@@ -136,7 +146,7 @@ class AffinityWSGIMiddleware:
                 if verdict is None:
                     continue
                 return _plain(start_response, *verdict)
-            decision.served_by = node.id
+            response.headers = plan.answered(node, response.status, response.headers)
             return self._relay(response, start_response, decision, bodiless(method, response.status))
         if self.router.serve_after_failover(decision, self.core.fallback_local):
             return self._serve_local(environ, start_response, decision)
@@ -262,9 +272,8 @@ def _phrase(status: int) -> str:
         return "Unknown"
 
 
-def _plain(start_response: StartResponse, status: int, text: bytes) -> list[bytes]:
-    start_response(
-        f"{status} {_phrase(status)}",
-        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(text)))],
-    )
+def _plain(
+    start_response: StartResponse, status: int, text: bytes, content_type: str = "text/plain; charset=utf-8"
+) -> list[bytes]:
+    start_response(f"{status} {_phrase(status)}", [("Content-Type", content_type), ("Content-Length", str(len(text)))])
     return [text]

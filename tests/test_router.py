@@ -43,7 +43,7 @@ def test_owner_is_local_others_forward_in_ring_order() -> None:
         order = [n.id for n in ring.successors(hash_key(tenant))]
         # Candidates stop before this node: reaching it means this node is the next owner.
         assert [n.id for n in d.candidates] == order[: order.index(URLS[0])]
-        assert r.self_is_next(d) == (URLS[0] in order[: len(d.candidates) + 1])
+        assert d.self_is_next == (URLS[0] in order[: len(d.candidates) + 1])
 
 
 def test_no_key_policies() -> None:
@@ -79,7 +79,7 @@ def test_non_member_forwards_everything_and_single_node_serves_all() -> None:
     r = Router(membership=StaticMembership(URLS), extractor=keys.header("X-Tenant"), signer=SIGNER)
     d = r.decide(view("t1"))
     assert d.action == "forward" and d.reason == "not-member" and len(d.candidates) == 3
-    assert not r.self_is_next(d)
+    assert not d.self_is_next
     solo = Router(membership=StaticMembership(URLS[:1]), extractor=keys.header("X-Tenant"), signer=None)
     assert solo.decide(view("t1")).reason == "single-node"
 

@@ -1,0 +1,122 @@
+"""Unit tests of passive ejection, draining and the middleware's own health/drain paths."""
+
+from __future__ import annotations
+
+import json
+
+from affinity_mw import keys
+from affinity_mw.core import AffinityCore
+from affinity_mw.health import PeerHealth
+from affinity_mw.membership import StaticMembership
+from affinity_mw.request import RequestView
+from affinity_mw.ring import hash_key
+from affinity_mw.router import Router
+
+URLS = ["http://127.0.0.1:1", "http://127.0.0.2:1", "http://127.0.0.3:1"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_ejected_after_consecutive_failures_with_growing_time() -> None:
+    clock = Clock()
+    health = PeerHealth(eject_after=3, base=10, max_ejection=25, clock=clock)
+    for _ in range(2):
+        health.failure("a")
+    health.success("a")  # a success resets the streak
+    for _ in range(2):
+        health.failure("a")
+    assert health.usable("a")
+    health.failure("a")
+    assert not health.usable("a") and health.ejected() == {"a": "failures"}
+    clock.now += 10.1
+    assert health.usable("a") and health.ejected() == {}
+    for _ in range(3):
+        health.failure("a")
+    clock.now += 10.1
+    assert not health.usable("a"), "the second ejection lasts twice as long"
+    clock.now += 10
+    assert health.usable("a")
+    for _ in range(3):
+        health.failure("a")
+    clock.now += 25.1
+    assert health.usable("a"), "ejection time is capped"
+
+
+def test_draining_is_set_aside_at_once_and_readmit_clears() -> None:
+    clock = Clock()
+    health = PeerHealth(base=30, clock=clock)
+    health.draining("b")
+    assert health.ejected() == {"b": "draining"}
+    health.readmit("b")
+    assert health.usable("b")
+
+
+def router_with(health: PeerHealth, self_url: str = URLS[0]) -> Router:
+    return Router(
+        membership=StaticMembership(URLS, self_url),
+        extractor=keys.header("X-Tenant"),
+        signer=None,
+        health=health,
+    )
+
+
+def view(tenant: str) -> RequestView:
+    return RequestView("GET", "/", b"", [(b"x-tenant", tenant.encode())], "127.0.0.9")
+
+
+def test_set_aside_peer_keys_go_to_successors_only() -> None:
+    ring = StaticMembership(URLS).ring
+    health = PeerHealth(eject_after=1)
+    r = router_with(health)
+    tenants = [f"t{i}" for i in range(300)]
+    before = {t: r.decide(view(t)) for t in tenants}
+    health.failure(URLS[1])
+    after = {t: r.decide(view(t)) for t in tenants}
+    for t in tenants:
+        order = [n.id for n in ring.successors(hash_key(t))]
+        if order[0] != URLS[1]:
+            # Keys the ejected node did not own stay where they were; it only left their failover order.
+            assert after[t].action == before[t].action
+            assert after[t].candidates[:1] == before[t].candidates[:1]
+            assert URLS[1] not in [n.id for n in after[t].candidates]
+            continue
+        successor = order[1]
+        if successor == URLS[0]:
+            assert after[t].action == "local" and after[t].reason == "failover"
+        else:
+            assert after[t].candidates[0].id == successor
+            assert URLS[1] not in [n.id for n in after[t].candidates]
+
+
+def core(**options: object) -> AffinityCore:
+    return AffinityCore(
+        environ={}, peers=URLS, self_url=URLS[0], secret="health-test-secret-0123456789", key="header:X", **options
+    )
+
+
+def test_health_path_and_drain_from_loopback_only() -> None:
+    c = core()
+    status, body = c.internal_response("GET", "/_affinity/health", "10.0.0.1")  # type: ignore[misc]
+    data = json.loads(body)
+    assert status == 200 and data["status"] == "ok" and data["node"] == URLS[0] and data["members"] == URLS
+    assert data["ring_checksum"] == c.membership.ring.checksum
+    assert c.internal_response("POST", "/_affinity/health/drain", "10.0.0.1")[0] == 403  # type: ignore[index]
+    assert c.internal_response("GET", "/_affinity/health/drain", "127.0.0.1")[0] == 405  # type: ignore[index]
+    assert not c.draining
+    assert c.internal_response("POST", "/_affinity/health/drain", "::1")[0] == 200  # type: ignore[index]
+    assert c.draining
+    status, body = c.internal_response("GET", "/_affinity/health", "10.0.0.1")  # type: ignore[misc]
+    assert status == 503 and json.loads(body)["status"] == "draining"
+    assert c.internal_response("GET", "/_affinity/healthy", None) is None
+    assert c.internal_response("GET", "/app", None) is None
+
+
+def test_health_path_can_be_moved_or_disabled() -> None:
+    assert core(health_path="/ops/h").internal_response("GET", "/ops/h", None)[0] == 200  # type: ignore[index]
+    assert core(health_path="").health_path == ""
