@@ -232,8 +232,9 @@ def environ_headers(environ: Environ) -> Headers:
     """The request headers in ASGI's shape (lower-case byte names), rebuilt from a WSGI environ.
 
     WSGI has already joined repeated headers with commas and folded ``-`` into ``_``; ``CONTENT_TYPE`` and
-    ``CONTENT_LENGTH`` are restored as headers. ``Transfer-Encoding: chunked`` is kept (or implied by
-    ``wsgi.input_terminated`` without a length) so the forward frames the body the same way.
+    ``CONTENT_LENGTH`` are restored as headers. ``Transfer-Encoding`` (kept by gunicorn and Werkzeug as
+    ``HTTP_TRANSFER_ENCODING``) wins over a length, so a chunked body is forwarded chunked. ``wsgi.input_terminated``
+    is no sign of a body: gunicorn sets it on every request.
     """
     headers: Headers = []
     for key, value in environ.items():
@@ -241,11 +242,8 @@ def environ_headers(environ: Environ) -> Headers:
             headers.append((key[5:].replace("_", "-").lower().encode("latin-1"), value.encode("latin-1")))
     if environ.get("CONTENT_TYPE"):
         headers.append((b"content-type", environ["CONTENT_TYPE"].encode("latin-1")))
-    if environ.get("CONTENT_LENGTH"):
-        if "HTTP_TRANSFER_ENCODING" not in environ:
-            headers.append((b"content-length", environ["CONTENT_LENGTH"].encode("latin-1")))
-    elif environ.get("wsgi.input_terminated") and "HTTP_TRANSFER_ENCODING" not in environ:
-        headers.append((b"transfer-encoding", b"chunked"))
+    if environ.get("CONTENT_LENGTH") and "HTTP_TRANSFER_ENCODING" not in environ:
+        headers.append((b"content-length", environ["CONTENT_LENGTH"].encode("latin-1")))
     return headers
 
 

@@ -111,7 +111,7 @@ def server_command(kind: str, app: str, host: str, port: int) -> list[str]:
         return [
             sys.executable, "-m", "gunicorn", app, "--bind", f"{host}:{port}", "--workers", "1",
             "--worker-class", worker, "--threads", "8" if worker == "gthread" else "1",
-            "--log-level", "warning", "--graceful-timeout", "5", "--timeout", "60",
+            "--log-level", "warning", "--graceful-timeout", "5", "--timeout", "60", "--keep-alive", "5",
         ]  # fmt: skip
     raise ValueError(f"unknown server {kind!r}")
 

@@ -102,7 +102,10 @@ def test_environ_headers_rebuilds_asgi_shape() -> None:
                                "HTTP_X_AFFINITY_HOP": "m", "wsgi.input": None})  # fmt: skip
     assert headers == [(b"x-tenant", b"a"), (b"x-affinity-hop", b"m"), (b"content-type", b"text/plain"),
                        (b"content-length", b"3")]  # fmt: skip
-    assert (b"transfer-encoding", b"chunked") in environ_headers({"wsgi.input_terminated": True})
+    # gunicorn sets wsgi.input_terminated on every request: it must not turn a GET into a chunked upload.
+    assert environ_headers({"wsgi.input_terminated": True}) == []
+    chunked = environ_headers({"HTTP_TRANSFER_ENCODING": "chunked", "CONTENT_LENGTH": "5"})
+    assert chunked == [(b"transfer-encoding", b"chunked")]
 
 
 def test_local_path_strips_internal_headers_and_exposes_decision() -> None:
