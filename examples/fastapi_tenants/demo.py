@@ -120,6 +120,8 @@ def phase(name: str, client: httpx.Client, entry: list[str], members: list[str],
 
 
 def main() -> None:
+    # SIGTERM (a CI timeout, `kill`) unwinds through the finally below, so no node is left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
     port = free_port(hosts)
     urls = [f"http://{h}:{port}" for h in hosts]
