@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from .forward import (
+    IDEMPOTENT,
     ConnectFailed,
     Headers,
     SendFailed,
@@ -309,26 +310,36 @@ class Urllib3Transport:
                 headers["content-length"] = str(request.content_length)
         elif request.method not in ("GET", "HEAD", "OPTIONS", "DELETE", "TRACE"):
             headers["content-length"] = "0"
-        try:
-            resp = self._pool.urlopen(
-                request.method,
-                request.url_base + request.target,
-                body=request.body,
-                headers=headers,
-                chunked=chunked,
-                redirect=False,
-                retries=False,
-                preload_content=False,
-                decode_content=False,
-                assert_same_host=False,
-            )
-        except urllib3.exceptions.ConnectTimeoutError as exc:  # NewConnectionError is a subclass
-            raise ConnectFailed(str(exc)) from exc
-        except urllib3.exceptions.ReadTimeoutError as exc:
-            raise UpstreamTimeout(f"no response headers within {self.read_timeout}s") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
-        return _Urllib3Response(resp)
+        # A pooled connection the peer closed while idle fails on first use. Like aiohttp (and RFC 9112 9.3.1),
+        # an idempotent request without a body is retried once on a fresh connection to the same peer: it stays
+        # on the key's owner, and nothing the peer executed can be executed twice.
+        retry_stale = request.body is None and request.method in IDEMPOTENT
+        while True:
+            try:
+                resp = self._pool.urlopen(
+                    request.method,
+                    request.url_base + request.target,
+                    body=request.body,
+                    headers=headers,
+                    chunked=chunked,
+                    redirect=False,
+                    retries=False,
+                    preload_content=False,
+                    decode_content=False,
+                    assert_same_host=False,
+                )
+            except urllib3.exceptions.ConnectTimeoutError as exc:  # NewConnectionError is a subclass
+                raise ConnectFailed(str(exc)) from exc
+            except urllib3.exceptions.ReadTimeoutError as exc:
+                raise UpstreamTimeout(f"no response headers within {self.read_timeout}s") from exc
+            except urllib3.exceptions.ProtocolError as exc:
+                if retry_stale:
+                    retry_stale = False
+                    continue
+                raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
+            return _Urllib3Response(resp)
 
     def close(self) -> None:
         self._pool.clear()
