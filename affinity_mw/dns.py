@@ -159,6 +159,30 @@ def _address_host_ip(address: str) -> _IPAddress | None:
         return None
 
 
+def _host_addresses() -> frozenset[_IPAddress]:
+    """This host's non-loopback addresses: those of its name, and the source address of its default routes.
+
+    Loopback addresses are left out because every process on the host has them: on a dev box whose members are
+    127.0.0.1-3 and whose host name resolves to 127.0.0.1, each process would otherwise believe it is the
+    first member. The route source (a UDP ``connect``, which sends nothing) covers containers whose host name
+    resolves only to loopback.
+    """
+    found: set[_IPAddress] = set()
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            found.add(ipaddress.ip_address(str(info[4][0]).split("%")[0]))
+    except (OSError, ValueError):
+        pass
+    for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as sock:
+                sock.connect((probe, 9))
+                found.add(ipaddress.ip_address(str(sock.getsockname()[0]).split("%")[0]))
+        except (OSError, ValueError):
+            pass
+    return frozenset(ip for ip in found if not ip.is_loopback and not ip.is_unspecified)
+
+
 def _describe(exc: BaseException) -> str:
     """A one-line reason for a failed lookup, in the words an operator searches for."""
     if isinstance(exc, dns.resolver.NXDOMAIN):
@@ -181,11 +205,11 @@ class DnsMembership:
     ``nameservers`` (``host[:port]`` strings) replace the system resolver. ``refresh`` is the seconds between
     lookups; a shorter record TTL shortens it, never below one second, and each delay is jittered by 10% so the
     nodes of a cluster do not query in lockstep. ``self_url`` names this node; without it the node finds itself
-    among the members by IP address (``POD_IP``, else the addresses of this host's name), and only when exactly
+    among the members by IP address (``POD_IP``, else this host's non-loopback addresses), and only when exactly
     one member matches.
 
-    Construction does no I/O: :meth:`from_settings` (what the middlewares call) does one lookup and starts the
-    thread; tests and custom set-ups call :meth:`refresh` and :meth:`start` themselves.
+    Construction does not look the membership up: :meth:`from_settings` (what the middlewares call) does one
+    lookup and starts the thread; tests and custom set-ups call :meth:`refresh` and :meth:`start` themselves.
     """
 
     ring: HashRing
@@ -422,7 +446,11 @@ class DnsMembership:
         for target, port in ordered:
             if stop is not None and stop.is_set():
                 raise _Closed
-            node_id = normalize_url(f"{self.scheme}://{target}:{port}")
+            try:
+                node_id = normalize_url(f"{self.scheme}://{target}:{port}")
+            except ValueError:  # a target name no URL can carry: that record alone is unusable
+                left_out.append(target)
+                continue
             address: str | None = None
             try:
                 ip, target_ttl = self._target_address(dns.name.from_text(target))
@@ -540,8 +568,9 @@ class DnsMembership:
 
         An explicit ``self_url`` wins; it may name the member's id or, with SRV, its address. Otherwise the
         member whose address host is ``POD_IP`` (comma-separated for dual-stack), or else one of this host's
-        addresses, is this node, but only if exactly one member matches: several members on one host (a dev
-        box, 127.0.0.x) cannot be told apart by IP, and guessing wrong would make two nodes both serve a key.
+        non-loopback addresses, is this node, but only if exactly one member matches: several members on one
+        host cannot be told apart by IP (the port this process serves is not known here), and guessing wrong
+        would make two nodes both serve a key.
         """
         if self._self_url is not None:
             for node in nodes:
@@ -566,11 +595,7 @@ class DnsMembership:
                     self._warn(f"POD_IP {pod_ip!r} is not an IP address; ignored")
             return frozenset(ips)
         if self._host_ips is None:  # the host's addresses do not change while it runs; ask once
-            try:
-                infos = socket.getaddrinfo(socket.gethostname(), None)
-                self._host_ips = frozenset(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos)
-            except (OSError, ValueError):
-                self._host_ips = frozenset()
+            self._host_ips = _host_addresses()
         return self._host_ips
 
     # ------------------------------------------------------------------ introspection
