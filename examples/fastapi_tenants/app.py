@@ -26,7 +26,8 @@ async def hit(tenant: str, request: Request) -> dict[str, object]:
     """Count one hit for ``tenant``; the answer says which node's memory counted it."""
     counters[tenant] += 1
     decision = request.state.affinity
-    return {"tenant": tenant, "count": counters[tenant], "node": NODE, "hops": decision.hops}
+    # served_by is this node's id as the middleware knows it (from AFFINITY_SELF, or found through DNS).
+    return {"tenant": tenant, "count": counters[tenant], "node": decision.served_by or NODE, "hops": decision.hops}
 
 
 @app.get("/tenants/{tenant}/hits")
