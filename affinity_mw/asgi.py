@@ -82,12 +82,20 @@ class AffinityMiddleware:
             await self.app(scope, receive, send)
             return
 
-        health_path = self.core.health_path
-        if health_path and scope["path"].startswith(health_path):
+        prefixes = self.core.internal_prefixes
+        if prefixes and scope["path"].startswith(prefixes):
             client = scope.get("client")
-            answer = self.core.internal_response(scope["method"], scope["path"], client[0] if client else None)
+            view = RequestView(scope["method"], scope["path"], scope["query_string"], scope["headers"])
+            answer = self.core.internal_response(
+                scope["method"],
+                scope["path"],
+                client[0] if client else None,
+                scope["query_string"].decode("latin-1"),
+                view.header,
+            )
             if answer is not None:
-                await _plain(send, *answer, content_type=b"application/json")
+                status, body, content_type = answer
+                await _plain(send, status, body, content_type.encode("latin-1"))
                 return
 
         headers = scope["headers"]

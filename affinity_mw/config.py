@@ -8,6 +8,7 @@ code can pin what a deploy must not change; with no arguments a 12-factor deploy
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -193,6 +194,21 @@ OPTIONS: tuple[Option, ...] = (
         "loopback starts draining. Empty disables both.",
     ),
     Option(
+        "introspection",
+        "AFFINITY_INTROSPECTION",
+        "signed",
+        _str,
+        "Who may read the introspection path: `signed` (requests signed with the cluster secret, as the CLI "
+        "sends), plus comma-separated networks (`127.0.0.0/8,10.0.0.0/8`), `on` (anyone) or `off` (no one).",
+    ),
+    Option(
+        "introspection_path",
+        "AFFINITY_INTROSPECTION_PATH",
+        "/_affinity",
+        _str,
+        "Base path of the status page, its JSON (`/status.json`, `?key=K`) and metrics (`/metrics`).",
+    ),
+    Option(
         "health_interval",
         "AFFINITY_HEALTH_INTERVAL",
         0.0,
@@ -291,6 +307,8 @@ class Settings:
     eject_time: float = 30.0
     health_path: str = "/_affinity/health"
     health_interval: float = 0.0
+    introspection: str = "signed"
+    introspection_path: str = "/_affinity"
     vnodes: int = 160
     max_key_length: int = 1024
     trusted_proxies: int = 0
@@ -359,6 +377,16 @@ class Settings:
             errors.append("eject_time (AFFINITY_EJECT_TIME) must be a positive number of seconds")
         if self.health_interval < 0:
             errors.append("health_interval (AFFINITY_HEALTH_INTERVAL) must be 0 (off) or more seconds")
+        if self.introspection_path and not self.introspection_path.startswith("/"):
+            errors.append("introspection_path (AFFINITY_INTROSPECTION_PATH) must start with '/'")
+        for part in self.introspection.split(","):
+            part = part.strip().lower()
+            if part in ("signed", "on", "off", ""):
+                continue
+            try:
+                ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                errors.append(f"AFFINITY_INTROSPECTION: {part!r} is not signed, on, off or a network like 10.0.0.0/8")
         if self.health_path and not self.health_path.startswith("/"):
             errors.append(f"health_path (AFFINITY_HEALTH_PATH) must start with '/', got {self.health_path!r}")
         if self.jwt_leeway < 0:

@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,12 +21,15 @@ from .config import Settings
 from .forward import DRAINING_HEADER, ForwardPlan, Headers
 from .health import PeerHealth
 from .hop import HopSigner
+from .introspect import Introspection
 from .membership import membership_from_settings
+from .metrics import Metrics
 from .router import Decision, Router
 
 __all__ = ["DRAINING", "NO_KEY_REJECTED", "OWNER_HEADER", "SERVED_BY_HEADER", "AffinityCore"]
 
 logger = logging.getLogger("affinity_mw")
+_JSON = "application/json"
 
 SERVED_BY_HEADER = b"x-affinity-served-by"
 OWNER_HEADER = b"x-affinity-owner"
@@ -60,9 +63,13 @@ class AffinityCore:
             health=self.health,
         )
         self.counters = self.router.counters
+        self.metrics = Metrics(self)
         self.debug_headers = settings.debug_headers
         self.fallback_local = settings.fallback == "local"
         self.health_path = settings.health_path
+        self.introspection = Introspection(self)
+        # Adapters test request paths against these with one str.startswith before routing anything.
+        self.internal_prefixes = tuple(p for p in (settings.health_path, self.introspection.path) if p)
         self.draining = False
         self._checker: threading.Thread | None = None
         if settings.health_interval > 0:
@@ -88,7 +95,15 @@ class AffinityCore:
         if self.signer is None:  # Settings requires a secret whenever there is a peer to forward to
             raise RuntimeError("affinity-mw cannot forward without AFFINITY_SECRET")
         return ForwardPlan(
-            decision, self.signer, self.self_id or "", headers, client, scheme, self.health, self.counters
+            decision,
+            self.signer,
+            self.self_id or "",
+            headers,
+            client,
+            scheme,
+            self.health,
+            self.counters,
+            self.metrics.observe_forward,
         )
 
     def debug_headers_for(self, decision: Decision) -> Headers:
@@ -117,7 +132,14 @@ class AffinityCore:
             "membership": getattr(self.membership, "stats", None),
         }
 
-    def internal_response(self, method: str, path: str, client_host: str | None) -> tuple[int, bytes] | None:
+    def internal_response(
+        self,
+        method: str,
+        path: str,
+        client_host: str | None,
+        query: str = "",
+        header: Callable[[str], str | None] = lambda name: None,
+    ) -> tuple[int, bytes, str] | None:
         """The answer for the middleware's own paths, or ``None`` when ``path`` is the app's.
 
         ``POST {health_path}/drain`` is honoured from loopback only: it is meant for a Kubernetes ``preStop``
@@ -125,16 +147,16 @@ class AffinityCore:
         """
         if path == self.health_path:
             if method not in ("GET", "HEAD"):
-                return 405, b'{"error": "use GET"}\n'
-            return (503 if self.draining else 200), json.dumps(self.status()).encode() + b"\n"
+                return 405, b'{"error": "use GET"}\n', _JSON
+            return (503 if self.draining else 200), json.dumps(self.status()).encode() + b"\n", _JSON
         if path == self.health_path + "/drain":
             if method != "POST":
-                return 405, b'{"error": "use POST"}\n'
+                return 405, b'{"error": "use POST"}\n', _JSON
             if not _is_loopback(client_host):
-                return 403, b'{"error": "draining can only be started from this host"}\n'
+                return 403, b'{"error": "draining can only be started from this host"}\n', _JSON
             self.start_draining()
-            return 200, json.dumps({"node": self.self_id, "status": "draining"}).encode() + b"\n"
-        return None
+            return 200, json.dumps({"node": self.self_id, "status": "draining"}).encode() + b"\n", _JSON
+        return self.introspection.respond(method, path, query, client_host, header)
 
     def _check_set_aside(self) -> None:
         """Active checks: ask set-aside peers' health path and re-admit those that answer 200 before their time."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from .health import PeerHealth
@@ -206,12 +206,14 @@ class ForwardPlan:
     """
 
     __slots__ = (
+        "_sent_at",
         "added",
         "client",
         "counters",
         "decision",
         "headers",
         "health",
+        "observe",
         "retried",
         "scheme",
         "sender",
@@ -228,9 +230,12 @@ class ForwardPlan:
         scheme: str,
         health: PeerHealth,
         counters: Counter[str],
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self.health = health
         self.counters = counters
+        self.observe = observe
+        self._sent_at = 0.0
         self.decision = decision
         self.signer = signer
         self.sender = sender
@@ -254,6 +259,7 @@ class ForwardPlan:
                 scheme=self.scheme,
                 added=self.added,
             )
+            self._sent_at = time.perf_counter()
             yield node, [*self.headers, (HOP_HEADER, marker)]
 
     def failed(self, node: Node, exc: ForwardError, method: str, body_started: bool) -> tuple[int, bytes] | None:
@@ -283,6 +289,8 @@ class ForwardPlan:
         peer aside at once so new keys stop going to a node that is shutting down. The response itself is
         relayed as it is: it is a real answer to this request.
         """
+        if self.observe is not None:
+            self.observe(node.id, time.perf_counter() - self._sent_at)
         if status >= 500:
             self.health.failure(node.id)
         else:

@@ -170,17 +170,16 @@ class Router:
             logger.debug("affinity-mw: ignoring an invalid, stale or mismatched hop marker")
         owner = ring.owner(key_hash)
         if owner is None or (len(ring) == 1 and owner.id == self_id):
-            counters["local"] += 1
+            counters["local_owner"] += 1
             return Decision(LOCAL, "single-node", ring, key, key_hash, owner)
         if owner.id == self_id:
-            counters["local"] += 1
+            counters["local_owner"] += 1
             return Decision(LOCAL, "owner", ring, key, key_hash, owner)
         health = self.health
         if health.any_ejected:
             # Set-aside peers are skipped as if they had left the ring: their keys go to their successors only.
             order = [n for n in ring.successors(key_hash) if n.id == self_id or health.usable(n.id)]
             if order and order[0].id == self_id:
-                counters["local"] += 1
                 counters["failover"] += 1
                 return Decision(LOCAL, "failover", ring, key, key_hash, owner)
         else:

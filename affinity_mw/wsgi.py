@@ -73,13 +73,17 @@ class AffinityWSGIMiddleware:
         self.transport: SyncTransport = transport
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        health_path = self.core.health_path
-        if health_path and environ.get("PATH_INFO", "").startswith(health_path):
+        prefixes = self.core.internal_prefixes
+        if prefixes and environ.get("PATH_INFO", "").startswith(prefixes):
             answer = self.core.internal_response(
-                environ.get("REQUEST_METHOD", "GET"), environ["PATH_INFO"], environ.get("REMOTE_ADDR")
+                environ.get("REQUEST_METHOD", "GET"),
+                environ["PATH_INFO"],
+                environ.get("REMOTE_ADDR"),
+                environ.get("QUERY_STRING", ""),
+                lambda name: environ.get("HTTP_" + name.upper().replace("-", "_")),
             )
             if answer is not None:
-                return _plain(start_response, *answer, content_type="application/json")
+                return _plain(start_response, *answer)
         headers = environ_headers(environ)
         remote = environ.get("REMOTE_ADDR") or None
         view = RequestView(

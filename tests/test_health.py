@@ -102,7 +102,7 @@ def core(**options: object) -> AffinityCore:
 
 def test_health_path_and_drain_from_loopback_only() -> None:
     c = core()
-    status, body = c.internal_response("GET", "/_affinity/health", "10.0.0.1")  # type: ignore[misc]
+    status, body, _ = c.internal_response("GET", "/_affinity/health", "10.0.0.1")  # type: ignore[misc]
     data = json.loads(body)
     assert status == 200 and data["status"] == "ok" and data["node"] == URLS[0] and data["members"] == URLS
     assert data["ring_checksum"] == c.membership.ring.checksum
@@ -111,7 +111,7 @@ def test_health_path_and_drain_from_loopback_only() -> None:
     assert not c.draining
     assert c.internal_response("POST", "/_affinity/health/drain", "::1")[0] == 200  # type: ignore[index]
     assert c.draining
-    status, body = c.internal_response("GET", "/_affinity/health", "10.0.0.1")  # type: ignore[misc]
+    status, body, _ = c.internal_response("GET", "/_affinity/health", "10.0.0.1")  # type: ignore[misc]
     assert status == 503 and json.loads(body)["status"] == "draining"
     assert c.internal_response("GET", "/_affinity/healthy", None) is None
     assert c.internal_response("GET", "/app", None) is None

@@ -1,0 +1,235 @@
+"""The introspection path: who owns a key, do nodes agree on the ring, how much traffic is local.
+
+``GET /_affinity`` is a self-contained HTML status page (no external assets: it works offline and behind
+strict CSPs) when a browser asks, JSON otherwise; ``/_affinity/status.json`` is the JSON; ``?key=K`` answers
+who owns ``K`` and the failover order; ``/_affinity/metrics`` is Prometheus text, ``/_affinity/metrics.json``
+the same numbers as JSON.
+
+Access is limited (``AFFINITY_INTROSPECTION``): by default only requests signed with the cluster secret (the
+``affinity-mw check`` command signs its requests) are answered; configured networks or ``on`` open it further.
+Everyone else gets the app's own answer for that path, as if it did not exist: the member list and counters are
+not for the public.
+"""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+import json
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+from itsdangerous import BadData, TimestampSigner
+
+from .ring import hash_key
+
+__all__ = ["AUTH_HEADER", "Introspection", "sign_request"]
+
+AUTH_HEADER = "x-affinity-auth"
+_SALT = "affinity-mw.introspect.v1"
+Answer = tuple[int, bytes, str]
+
+
+def sign_request(secret_keys: str | list[str] | tuple[str, ...]) -> str:
+    """The ``X-Affinity-Auth`` value that opens the introspection path of nodes sharing this secret (60 s)."""
+    keys = [secret_keys] if isinstance(secret_keys, str) else list(secret_keys)
+    return TimestampSigner(keys, salt=_SALT).sign("introspect").decode()
+
+
+class Introspection:
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        settings = core.settings
+        self.path = settings.introspection_path.rstrip("/")
+        parts = [p.strip().lower() for p in settings.introspection.split(",") if p.strip()]
+        self.off = "off" in parts
+        self.public = "on" in parts
+        self.networks = [ipaddress.ip_network(p, strict=False) for p in parts if p not in ("signed", "on", "off")]
+        self._signer = TimestampSigner(list(settings.secret), salt=_SALT) if settings.secret else None
+
+    def matches(self, path: str) -> bool:
+        return bool(self.path) and (path == self.path or path.startswith(self.path + "/"))
+
+    def allowed(self, client_host: str | None, auth: str | None) -> bool:
+        if self.off:
+            return False
+        if self.public:
+            return True
+        if auth and self._signer is not None:
+            try:
+                self._signer.unsign(auth, max_age=60)
+                return True
+            except BadData:
+                pass
+        if client_host and self.networks:
+            try:
+                address = ipaddress.ip_address(client_host)
+            except ValueError:
+                return False
+            return any(address in network for network in self.networks)
+        return False
+
+    def respond(
+        self, method: str, path: str, query: str, client_host: str | None, header: Callable[[str], str | None]
+    ) -> Answer | None:
+        """The answer for an introspection request, or ``None`` to let the app answer (not ours, not allowed)."""
+        if not self.matches(path) or not self.allowed(client_host, header(AUTH_HEADER)):
+            return None
+        if method not in ("GET", "HEAD"):
+            return 405, b'{"error": "use GET"}\n', "application/json"
+        sub = path[len(self.path) :]
+        if sub == "/metrics":
+            try:
+                return 200, self.core.metrics.prometheus_text(), "text/plain; version=0.0.4; charset=utf-8"
+            except ImportError:
+                return (
+                    501,
+                    b"Prometheus text needs prometheus_client: pip install 'affinity-mw[prometheus]'\n",
+                    "text/plain",
+                )
+        if sub == "/metrics.json":
+            return _json(self.core.metrics.snapshot())
+        if sub not in ("", "/", "/status.json"):
+            return 404, b'{"error": "unknown introspection path"}\n', "application/json"
+        key = parse_qs(query).get("key", [None])[0]
+        if key is not None:
+            return _json(self.owner_of(key))
+        if sub == "" and "text/html" in (header("accept") or ""):
+            return 200, render_page(self.status(), self.path).encode(), "text/html; charset=utf-8"
+        return _json(self.status())
+
+    def owner_of(self, key: str) -> dict[str, Any]:
+        core = self.core
+        ring = core.membership.ring
+        key_hash = hash_key(key)
+        order = ring.successors(key_hash)
+        usable = [n.id for n in order if n.id == core.self_id or core.health.usable(n.id)]
+        return {
+            "key": key,
+            "key_hash": f"{key_hash:016x}",
+            "owner": order[0].id if order else None,
+            "failover_order": [n.id for n in order],
+            "serves_now": usable[0] if usable else None,
+            "ring_checksum": ring.checksum,
+            "asked": core.self_id,
+        }
+
+    def status(self) -> dict[str, Any]:
+        core = self.core
+        ring = core.membership.ring
+        shares = ring.shares()
+        set_aside = core.health.ejected()
+        members = []
+        for node in ring.nodes:
+            if node.id == core.self_id:
+                state = "draining" if core.draining else "self"
+            else:
+                state = set_aside.get(node.id, "ok")
+            members.append(
+                {
+                    "id": node.id,
+                    "address": node.address,
+                    "weight": node.weight,
+                    "share": round(shares.get(node.id, 0.0), 6),
+                    "health": state,
+                }
+            )
+        metrics = core.metrics.snapshot()
+        return {
+            "node": core.self_id,
+            "status": "draining" if core.draining else "ok",
+            "ring": {"checksum": ring.checksum, "vnodes": ring.vnodes, "members": members},
+            "counters": metrics["counters"],
+            "locality_ratio": metrics["locality_ratio"],
+            "peer_ejections": metrics["peer_ejections"],
+            "membership": getattr(core.membership, "stats", None),
+        }
+
+
+def _json(data: dict[str, Any]) -> Answer:
+    return 200, json.dumps(data, indent=1).encode() + b"\n", "application/json"
+
+
+_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
+
+
+def render_page(status: dict[str, Any], base: str) -> str:
+    """The status page: rendered complete on the server (readable without JavaScript), refreshed by a small
+    inline script from ``status.json`` every 2 s when the browser is allowed to fetch it."""
+    # Inside <script> nothing is entity-decoded: escape the characters that could end the element instead.
+    data = json.dumps(status).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return (
+        _PAGE.replace("__DATA__", data)
+        .replace("__BASE__", html.escape(base))
+        .replace("__COLORS__", json.dumps(_COLORS))
+    )
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>affinity-mw status</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+ body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}
+ h1{font-size:20px;margin:0 0 4px} .sub{color:#666;margin-bottom:16px}
+ .grid{display:grid;grid-template-columns:260px 1fr;gap:24px;align-items:start}
+ table{border-collapse:collapse;width:100%;background:#fff}
+ th,td{padding:6px 10px;border-bottom:1px solid #eee;text-align:left}
+ th{font-weight:600;color:#555} .bar{height:10px;background:#ddd;border-radius:5px;overflow:hidden;min-width:120px}
+ .bar>span{display:block;height:100%} .ok{color:#2a7d2a} .bad{color:#b3261e} .self{color:#1a5fb4;font-weight:600}
+ .counters{display:flex;flex-wrap:wrap;gap:10px;margin-top:18px}
+ .counter{background:#fff;border:1px solid #eee;border-radius:6px;padding:8px 12px;min-width:110px}
+ .counter b{display:block;font-size:18px} code{background:#eee;padding:1px 4px;border-radius:3px}
+</style></head><body>
+<h1>affinity-mw</h1>
+<div class="sub">node <code id="node"></code> &middot; status <b id="status"></b> &middot; ring checksum
+ <code id="checksum"></code> &middot; locality <b id="locality"></b></div>
+<div class="grid">
+ <svg id="ring" viewBox="-110 -110 220 220" width="240" height="240" role="img" aria-label="ring shares"></svg>
+ <table><thead><tr><th>member</th><th>health</th><th>weight</th><th>share of keys</th><th></th></tr></thead>
+ <tbody id="members"></tbody></table>
+</div>
+<div class="counters" id="counters"></div>
+<script id="initial" type="application/json">__DATA__</script>
+<script>
+const COLORS = __COLORS__;
+function el(tag, attrs, text){const e=document.createElement(tag);for(const k in attrs)e.setAttribute(k,attrs[k]);
+ if(text!==undefined)e.textContent=text;return e;}
+function render(s){
+ document.getElementById("node").textContent = s.node || "(not a member)";
+ const st = document.getElementById("status"); st.textContent = s.status;
+ st.className = s.status === "ok" ? "ok" : "bad";
+ document.getElementById("checksum").textContent = s.ring.checksum;
+ document.getElementById("locality").textContent =
+   s.locality_ratio === null ? "n/a" : (100 * s.locality_ratio).toFixed(1) + "%";
+ const body = document.getElementById("members"); body.replaceChildren();
+ const svg = document.getElementById("ring"); svg.replaceChildren();
+ let angle = -Math.PI / 2;
+ s.ring.members.forEach((m, i) => {
+  const color = COLORS[i % COLORS.length], tr = el("tr", {"data-member": m.id});
+  tr.appendChild(el("td", {}, m.id));
+  const health = el("td", {}, m.health);
+  health.className = m.health === "ok" ? "ok" : (m.health === "self" ? "self" : "bad");
+  tr.appendChild(health); tr.appendChild(el("td", {}, String(m.weight)));
+  tr.appendChild(el("td", {}, (100 * m.share).toFixed(1) + "%"));
+  const bar = el("div", {class: "bar"});
+  const fill = el("span", {style: "width:" + (100 * m.share) + "%;background:" + color});
+  bar.appendChild(fill); const td = el("td"); td.appendChild(bar); tr.appendChild(td); body.appendChild(tr);
+  const sweep = 2 * Math.PI * m.share, end = angle + sweep, large = sweep > Math.PI ? 1 : 0;
+  const p = (a, r) => (r * Math.cos(a)).toFixed(2) + " " + (r * Math.sin(a)).toFixed(2);
+  const d = s.ring.members.length === 1 ? "M 0 -100 A 100 100 0 1 1 -0.01 -100 L 0 -60 A 60 60 0 1 0 0.01 -60 Z"
+    : "M " + p(angle, 100) + " A 100 100 0 " + large + " 1 " + p(end, 100) + " L " + p(end, 60) +
+      " A 60 60 0 " + large + " 0 " + p(angle, 60) + " Z";
+  svg.appendChild(el("path", {d: d, fill: color}, undefined)); angle = end;
+ });
+ const counters = document.getElementById("counters"); counters.replaceChildren();
+ for (const [k, v] of Object.entries(s.counters)) {
+  const c = el("div", {class: "counter", "data-counter": k}); c.appendChild(el("b", {}, String(v)));
+  c.appendChild(document.createTextNode(k.replace(/_/g, " "))); counters.appendChild(c);
+ }
+}
+render(JSON.parse(document.getElementById("initial").textContent));
+setInterval(() => fetch("__BASE__/status.json", {cache: "no-store"}).then(r => r.ok ? r.json() : null)
+  .then(s => s && render(s)).catch(() => {}), 2000);
+</script></body></html>
+"""
