@@ -1,4 +1,4 @@
-"""DNS membership against a real DNS server (tests/dnsserver.py over UDP), then a real 3-node cluster fed by it.
+"""DNS membership against a real DNS server (affinity_mw.devdns over UDP), then a real 3-node cluster fed by it.
 
 No resolver is mocked: every lookup crosses the loopback wire, so timeouts, SERVFAIL, NXDOMAIN, TTLs and a
 stopped server behave as they do in production.
@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 from cluster import ROOT, Cluster, ServerNode, free_port, server_command
-from dnsserver import DnsServer
 
 from affinity_mw import hash_key
 from affinity_mw.config import Settings
+from affinity_mw.devdns import DnsServer
 from affinity_mw.dns import DnsMembership, _host_addresses, parse_nameservers, ring_weights
 from affinity_mw.membership import StaticMembership, membership_from_settings
 from affinity_mw.ring import HashRing, Node

@@ -1,6 +1,8 @@
-"""A small authoritative DNS server for tests, speaking the real wire protocol (UDP, and TCP for truncation).
+"""A small authoritative DNS server for local clusters and tests, speaking the real wire protocol (UDP, and TCP
+for truncation). It is what ``affinity-mw demo`` and the test suite use to exercise DNS membership on loopback;
+it is not meant to serve anything but a development zone.
 
-Run as ``python tests/dnsserver.py --host 127.0.0.1 --port P --zone zone.json`` (``--port 0`` picks a free
+Run as ``python -m affinity_mw.devdns --host 127.0.0.1 --port P --zone zone.json`` (``--port 0`` picks a free
 port); it prints ``listening HOST PORT`` once both sockets are bound. The zone is JSON and is re-read whenever
 the file changes, so a test changes records mid-test by rewriting it (:meth:`DnsServer.write` replaces it
 atomically)::
@@ -49,9 +51,6 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
-
-HERE = Path(__file__).resolve()
-
 
 # --------------------------------------------------------------------------------------------------- server
 
@@ -212,7 +211,7 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
 
 
 class DnsServer:
-    """Runs ``dnsserver.py`` in a subprocess on a loopback address; a context manager that always stops it.
+    """Runs the server in a subprocess on a loopback address; a context manager that always stops it.
 
     ``port=0`` picks a free port at the first start; later starts (after :meth:`stop`) reuse it, so a client
     configured with :attr:`nameserver` finds the server again.
@@ -241,7 +240,10 @@ class DnsServer:
     def start(self, timeout: float = 10.0) -> DnsServer:
         if self.proc is not None:
             return self
-        cmd = [sys.executable, str(HERE), "--host", self.host, "--port", str(self.port), "--zone", str(self.zone_path)]
+        cmd = [
+            sys.executable, "-m", "affinity_mw.devdns", "--host", self.host, "--port", str(self.port),
+            "--zone", str(self.zone_path),
+        ]  # fmt: skip
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
         assert self.proc.stdout is not None
