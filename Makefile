@@ -23,7 +23,7 @@ test: lint
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
-	$(BIN)/python examples/fastapi_tenants/demo.py
+	$(BIN)/affinity-mw demo --app app:app --app-dir examples/fastapi_tenants
 
 bench: $(STAMP)
 	bash bench/setup.sh

@@ -1,0 +1,205 @@
+"""The ``affinity-mw`` command: answer an operator's questions in seconds.
+
+    affinity-mw owner KEY...            who owns these keys, and the failover order
+    affinity-mw ring                    share of the keyspace per node, balance, checksum
+    affinity-mw simulate --add 1        how many keys move when nodes join or leave, against the ideal
+    affinity-mw check URL...            do all nodes agree on the ring? (asks each node's introspection path)
+    affinity-mw demo                    a real local cluster: traffic, a node killed, a node added
+
+Membership comes from ``--peers`` or ``AFFINITY_PEERS`` (and ``--vnodes``/``AFFINITY_VNODES``), exactly as the
+middleware reads it, so the answers are the ones the cluster computes. Tables by default, ``--json`` for scripts;
+the exit status is non-zero when something is wrong (unreachable nodes, disagreeing rings, bad arguments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .membership import StaticMembership, normalize_url
+from .ring import HashRing, Node, hash_key
+
+__all__ = ["main"]
+
+
+def _ring(args: argparse.Namespace) -> HashRing:
+    peers = args.peers if args.peers is not None else os.environ.get("AFFINITY_PEERS", "")
+    urls = [p for p in (part.strip() for part in peers.split(",")) if p]
+    if not urls:
+        raise SystemExit("affinity-mw: no members: pass --peers URL,URL,... or set AFFINITY_PEERS")
+    return StaticMembership(urls, vnodes=args.vnodes).ring
+
+
+def _print(args: argparse.Namespace, data: Any, table: list[list[str]] | None = None, footer: str = "") -> None:
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return
+    if table:
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+        for n, row in enumerate(table):
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+            if n == 0:
+                print("  ".join("-" * w for w in widths))
+    if footer:
+        print(footer)
+
+
+def cmd_owner(args: argparse.Namespace) -> int:
+    ring = _ring(args)
+    rows = []
+    for key in args.keys:
+        order = [n.id for n in ring.successors(hash_key(key))]
+        rows.append({"key": key, "owner": order[0], "failover_order": order})
+    table = [["key", "owner", "then"]] + [[r["key"], r["owner"], ", ".join(r["failover_order"][1:])] for r in rows]
+    _print(args, rows if len(rows) > 1 else rows[0], table)
+    return 0
+
+
+def _balance(shares: dict[str, float]) -> float:
+    mean = 1 / len(shares)
+    return max(shares.values()) / mean
+
+
+def cmd_ring(args: argparse.Namespace) -> int:
+    ring = _ring(args)
+    shares = ring.shares()
+    data = {
+        "checksum": ring.checksum,
+        "vnodes": ring.vnodes,
+        "members": [{"id": n.id, "weight": n.weight, "share": round(shares[n.id], 6)} for n in ring.nodes],
+        "max_over_mean": round(_balance(shares), 4),
+    }
+    table = [["node", "weight", "share"]] + [[n.id, str(n.weight), f"{100 * shares[n.id]:.2f}%"] for n in ring.nodes]
+    _print(args, data, table, f"\nchecksum {ring.checksum}  vnodes {ring.vnodes}  max/mean {_balance(shares):.3f}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    before = _ring(args)
+    nodes = {n.id: n for n in before.nodes}
+    for raw in args.remove:
+        url = normalize_url(raw)
+        if url not in nodes:
+            raise SystemExit(f"affinity-mw: --remove {raw}: not a member ({', '.join(nodes)})")
+        del nodes[url]
+    added = [normalize_url(u) for u in args.add_node]
+    added += [f"http://new-{i + 1}.invalid:80" for i in range(args.add)]
+    for url in added:
+        nodes[url] = Node(url, url)
+    if not nodes:
+        raise SystemExit("affinity-mw: simulate: no member left")
+    after = HashRing(nodes.values(), vnodes=args.vnodes)
+    moved = before.moved_fraction(after)
+    common = len({n.id for n in before.nodes} & set(nodes))
+    # The least any scheme can move with balanced shares before and after.
+    ideal = 1 - common / max(len(before), len(after))
+    s_before, s_after = before.shares(), after.shares()
+    ids = sorted(set(s_before) | set(s_after))
+    data = {
+        "moved_fraction": round(moved, 6),
+        "ideal_fraction": round(ideal, 6),
+        "moved_over_ideal": round(moved / ideal, 4) if ideal else None,
+        "nodes": [{"id": i, "before": round(s_before.get(i, 0), 6), "after": round(s_after.get(i, 0), 6)} for i in ids],
+    }
+    table = [["node", "before", "after"]] + [
+        [i, f"{100 * s_before.get(i, 0):.2f}%", f"{100 * s_after.get(i, 0):.2f}%"] for i in ids
+    ]
+    footer = f"\nkeys moved {100 * moved:.2f}% (ideal {100 * ideal:.2f}%"
+    footer += f", {moved / ideal:.3f} x ideal)" if ideal else ")"
+    _print(args, data, table, footer)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import urllib3
+
+    from .introspect import AUTH_HEADER, sign_request
+
+    secret = args.secret or os.environ.get("AFFINITY_SECRET", "")
+    headers = {"Accept": "application/json"}
+    if secret:
+        headers[AUTH_HEADER] = sign_request([s.strip() for s in secret.split(",") if s.strip()])
+    path = args.path.rstrip("/") + "/status.json"
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=5), retries=False)
+    results: list[dict[str, Any]] = []
+    for url in args.urls:
+        base = url.rstrip("/")
+        try:
+            r = http.request("GET", base + path, headers=headers)
+            if r.status != 200:
+                raise ValueError(f"HTTP {r.status} (is AFFINITY_SECRET right, or introspection off?)")
+            info = json.loads(r.data)
+            results.append({"url": base, "ok": True, "node": info["node"], "status": info["status"],
+                            "checksum": info["ring"]["checksum"], "members": len(info["ring"]["members"]),
+                            "locality_ratio": info["locality_ratio"]})  # fmt: skip
+        except Exception as exc:
+            results.append({"url": base, "ok": False, "error": str(exc)})
+    checksums = {row["checksum"] for row in results if row["ok"]}
+    agree = len(checksums) == 1 and all(row["ok"] for row in results)
+    table = [["url", "status", "checksum", "members", "locality"]]
+    for row in results:
+        if row["ok"]:
+            ratio = "n/a" if row["locality_ratio"] is None else f"{100 * row['locality_ratio']:.1f}%"
+            table.append([row["url"], row["status"], row["checksum"], str(row["members"]), ratio])
+        else:
+            table.append([row["url"], "UNREACHABLE", "-", "-", row["error"][:60]])
+    verdict = "all nodes agree on the ring" if agree else "NODES DISAGREE (or some are unreachable)"
+    _print(args, {"agree": agree, "nodes": results}, table, f"\n{verdict}")
+    return 0 if agree else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(short=args.short, app=args.app, app_dir=args.app_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="affinity-mw", description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--peers", help="comma-separated member URLs (default: AFFINITY_PEERS)")
+    common.add_argument("--vnodes", type=int, default=int(os.environ.get("AFFINITY_VNODES", 160)))
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("owner", parents=[common], help="owner and failover order of keys")
+    p.add_argument("keys", nargs="+")
+    p.set_defaults(func=cmd_owner)
+    p = sub.add_parser("ring", parents=[common], help="share of keys per node, balance, checksum")
+    p.set_defaults(func=cmd_ring)
+    p = sub.add_parser("simulate", parents=[common], help="keys moved by a membership change")
+    p.add_argument("--add", type=int, default=0, help="number of new nodes to add")
+    p.add_argument("--add-node", action="append", default=[], metavar="URL", help="a new node to add (repeatable)")
+    p.add_argument("--remove", action="append", default=[], metavar="URL", help="a node to remove (repeatable)")
+    p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("check", help="ask nodes whether they agree on the ring")
+    p.add_argument("urls", nargs="+", metavar="URL")
+    p.add_argument("--secret", help="cluster secret to sign the request (default: AFFINITY_SECRET)")
+    p.add_argument("--path", default=os.environ.get("AFFINITY_INTROSPECTION_PATH", "/_affinity"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("demo", help="run a local cluster, kill a node, add a node (bounded, stops everything)")
+    p.add_argument("--short", action="store_true", help="fewer requests, assert the results (for CI)")
+    p.add_argument("--app", default=None, help="ASGI app to run (default: a built-in tenant counter)")
+    p.add_argument("--app-dir", default=None, help="directory to import --app from")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ValueError as exc:  # bad URLs and the like: a clear message, not a traceback
+        print(f"affinity-mw: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
