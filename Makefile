@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed-dev
 .PHONY: setup test lint demo bench clean
 
 $(STAMP): pyproject.toml
+	bash scripts/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'

@@ -155,8 +155,8 @@ _COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b
 
 
 def render_page(status: dict[str, Any], base: str) -> str:
-    """The status page: rendered complete on the server (readable without JavaScript), refreshed by a small
-    inline script from ``status.json`` every 2 s when the browser is allowed to fetch it."""
+    """The status page: the status is embedded in the page and drawn by a small inline script (so the first
+    paint needs no second request), then refreshed from ``status.json`` every 2 s when the browser may fetch it."""
     # Inside <script> nothing is entity-decoded: escape the characters that could end the element instead.
     data = json.dumps(status).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return (
@@ -193,8 +193,13 @@ _PAGE = """<!doctype html>
 <script id="initial" type="application/json">__DATA__</script>
 <script>
 const COLORS = __COLORS__;
-function el(tag, attrs, text){const e=document.createElement(tag);for(const k in attrs)e.setAttribute(k,attrs[k]);
- if(text!==undefined)e.textContent=text;return e;}
+function el(tag, attrs, text, ns){
+ const e = ns ? document.createElementNS(ns, tag) : document.createElement(tag);
+ for (const k in attrs) e.setAttribute(k, attrs[k]);
+ if (text !== undefined) e.textContent = text;
+ return e;
+}
+const SVG = "http://www.w3.org/2000/svg";
 function render(s){
  document.getElementById("node").textContent = s.node || "(not a member)";
  const st = document.getElementById("status"); st.textContent = s.status;
@@ -220,8 +225,13 @@ function render(s){
   const d = s.ring.members.length === 1 ? "M 0 -100 A 100 100 0 1 1 -0.01 -100 L 0 -60 A 60 60 0 1 0 0.01 -60 Z"
     : "M " + p(angle, 100) + " A 100 100 0 " + large + " 1 " + p(end, 100) + " L " + p(end, 60) +
       " A 60 60 0 " + large + " 0 " + p(angle, 60) + " Z";
-  svg.appendChild(el("path", {d: d, fill: color}, undefined)); angle = end;
+  const arc = el("path", {d: d, fill: color}, undefined, SVG);
+  arc.appendChild(el("title", {}, m.id + ": " + (100 * m.share).toFixed(1) + "%", SVG));
+  svg.appendChild(arc); angle = end;
  });
+ // Lets a test (or a curious operator) see that the chart really is SVG the browser drew.
+ svg.setAttribute("data-arcs", String(svg.querySelectorAll("path").length));
+ svg.setAttribute("data-svg", String(svg.querySelector("path") instanceof SVGPathElement));
  const counters = document.getElementById("counters"); counters.replaceChildren();
  for (const [k, v] of Object.entries(s.counters)) {
   const c = el("div", {class: "counter", "data-counter": k}); c.appendChild(el("b", {}, String(v)));

@@ -151,6 +151,21 @@ class Router:
         return key
 
     def decide(self, view: RequestView, hop_token: bytes | None = None) -> Decision:
+        decision = self._decide(view, hop_token)
+        if logger.isEnabledFor(logging.DEBUG):
+            # The key is logged as its hash only: keys are tenant ids, session ids or token claims.
+            logger.debug(
+                "affinity-mw: %s %s key=%s action=%s reason=%s owner=%s",
+                view.method,
+                view.path,
+                f"{decision.key_hash:016x}" if decision.key_hash is not None else "-",
+                decision.action,
+                decision.reason,
+                decision.owner.id if decision.owner else "-",
+            )
+        return decision
+
+    def _decide(self, view: RequestView, hop_token: bytes | None) -> Decision:
         ring: HashRing = self.membership.ring
         counters = self.counters
         key = self.extract(view)

@@ -1,7 +1,7 @@
 """Rewrite the options table in docs/configuration.md from affinity_mw.config.OPTIONS (the single source).
 
-    python scripts/gen_config_docs.py          # rewrite
-    python scripts/gen_config_docs.py --check  # exit 1 if the docs are stale (the test suite runs this check)
+python scripts/gen_config_docs.py          # rewrite
+python scripts/gen_config_docs.py --check  # exit 1 if the docs are stale (the test suite runs this check)
 """
 
 from __future__ import annotations

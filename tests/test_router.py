@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from affinity_mw import keys
 from affinity_mw.hop import HopSigner
 from affinity_mw.membership import StaticMembership
@@ -87,3 +91,11 @@ def test_non_member_forwards_everything_and_single_node_serves_all() -> None:
 def test_max_attempts_caps_candidates() -> None:
     r = Router(membership=StaticMembership(URLS), extractor=keys.header("X-Tenant"), signer=SIGNER, max_attempts=1)
     assert len(r.decide(view("t1")).candidates) == 1
+
+
+def test_debug_log_names_the_key_by_hash_only(caplog: pytest.LogCaptureFixture) -> None:
+    secret_tenant = "tenant-with-a-secret-name"
+    with caplog.at_level(logging.DEBUG, logger="affinity_mw"):
+        router().decide(view(secret_tenant))
+    assert f"key={hash_key(secret_tenant):016x}" in caplog.text
+    assert secret_tenant not in caplog.text
