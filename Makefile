@@ -7,7 +7,6 @@ STAMP  := $(VENV)/.installed-dev
 .PHONY: setup test lint demo bench clean
 
 $(STAMP): pyproject.toml
-	bash scripts/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
@@ -21,6 +20,7 @@ lint: $(STAMP)
 	$(BIN)/mypy affinity_mw
 
 test: lint
+	bash scripts/system-deps.sh
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)
