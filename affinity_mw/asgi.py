@@ -12,16 +12,19 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import quote
 
 from .core import DRAINING, NO_KEY_REJECTED, SERVED_BY_HEADER, AffinityCore
 from .forward import (
-    CANNOT_REACH,
+    BAD_TARGET,
+    POOL_EXHAUSTED,
     AsyncTransport,
+    ClientGone,
     ForwardError,
+    PoolExhausted,
     UpstreamRequest,
     bodiless,
     body_framing,
-    is_internal,
     restore_forwarded,
 )
 from .hop import HOP_HEADER
@@ -64,6 +67,7 @@ class AffinityMiddleware:
         self.core = core = AffinityCore(membership=membership, **options)
         self.router = core.router
         self.transport = self._make_transport(transport)
+        self.slots = _PeerSlots(core.settings.pool_size, core.settings.pool_timeout)
 
     def _make_transport(self, transport: Any) -> AsyncTransport:
         options = self.core.transport_options()
@@ -81,105 +85,133 @@ class AffinityMiddleware:
                 receive = self._watch_lifespan(receive)
             await self.app(scope, receive, send)
             return
+        core = self.core
+        prefixes = core.internal_prefixes
+        if prefixes and scope["path"].startswith(prefixes) and await self._internal(scope, send):
+            return
 
-        prefixes = self.core.internal_prefixes
-        if prefixes and scope["path"].startswith(prefixes):
-            client = scope.get("client")
-            view = RequestView(scope["method"], scope["path"], scope["query_string"], scope["headers"])
-            answer = self.core.internal_response(
-                scope["method"],
-                scope["path"],
-                client[0] if client else None,
-                scope["query_string"].decode("latin-1"),
-                view.header,
-            )
-            if answer is not None:
-                status, body, content_type = answer
-                await _plain(send, status, body, content_type.encode("latin-1"))
-                return
-
-        headers = scope["headers"]
         hop_token: bytes | None = None
         internal = False
-        for name, value in headers:
-            if name[:1] == b"x" and is_internal(name):
+        for name, value in scope["headers"]:
+            # ASGI header names are lower-case; "x_affinity..." is how a client might try to slip one past us.
+            if name[:1] == b"x" and name[1:11].replace(b"_", b"-") == b"-affinity-":
                 internal = True
                 if name == HOP_HEADER and hop_token is None:
                     hop_token = value
-        client = scope.get("client")
-        view = RequestView(
-            scope["method"],
-            scope["path"],
-            scope["query_string"],
-            headers,
-            client[0] if client else None,
-            scope["scheme"],
-        )
-        decision = self.router.decide(view, hop_token)
-        if decision.action == LOCAL:
-            await self._serve_local(scope, receive, send, decision, internal)
-        elif decision.action == FORWARD:
-            await self._forward(scope, receive, send, decision)
-        else:
-            await _plain(send, *NO_KEY_REJECTED)
-
-    async def _serve_local(
-        self, scope: Scope, receive: Receive, send: Send, decision: Decision, internal: bool
-    ) -> None:
-        marker = decision.marker
-        if internal or marker is not None:
+        marker = self.router.check_marker(hop_token) if hop_token is not None else None
+        if internal:
+            # Strip our headers, and on a hop show the request as the first node saw it: the key is then
+            # extracted from the same request on both nodes (an `ip` key included).
             scope = dict(scope)
             scope["headers"] = restore_forwarded(scope["headers"], marker.added if marker else "")
             if marker is not None:
                 if marker.client_host:
                     scope["client"] = (marker.client_host, marker.client_port)
                 scope["scheme"] = marker.scheme
+        client = scope.get("client")
+        view = RequestView(
+            scope["method"],
+            scope["path"],
+            scope["query_string"],
+            scope["headers"],
+            client[0] if client else None,
+            scope["scheme"],
+        )
+        decision = self.router.decide(view, marker)
+        if decision.action == LOCAL:
+            await self._serve_local(scope, receive, send, decision)
+        elif decision.action == FORWARD:
+            await self._forward(scope, receive, send, decision)
+        else:
+            await _plain(send, *NO_KEY_REJECTED)
+
+    async def _internal(self, scope: Scope, send: Send) -> bool:
+        client = scope.get("client")
+        view = RequestView(scope["method"], scope["path"], scope["query_string"], scope["headers"])
+        answer = self.core.internal_response(
+            scope["method"],
+            scope["path"],
+            client[0] if client else None,
+            scope["query_string"].decode("latin-1"),
+            view.header,
+        )
+        if answer is None:
+            return False
+        status, body, content_type = answer
+        await _plain(send, status, body, content_type.encode("latin-1"))
+        return True
+
+    async def _serve_local(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
         state = scope.get("state")
         if state is None:
             scope["state"] = state = {}
         state["affinity"] = decision
-        decision.served_by = self.core.self_id
-        if self.core.debug_headers or self.core.draining:
-            extra = self.core.debug_headers_for(decision) if self.core.debug_headers else []
-            if self.core.draining:
+        core = self.core
+        decision.served_by = core.self_id
+        if core.debug_headers or core.draining:
+            extra = core.debug_headers_for(decision) if core.debug_headers else []
+            if core.draining:
                 extra.append(DRAINING)
             send = _with_headers(send, extra)
         await self.app(scope, receive, send)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
         method: str = scope["method"]
-        headers = scope["headers"]
-        content_length = body_framing(headers)
-        body = _RequestBody(receive) if content_length != 0 else None
-        target = scope.get("raw_path") or scope["path"].encode("utf-8")
+        target = scope.get("raw_path") or quote(scope["path"]).encode("ascii")
+        if not target.startswith(b"/"):
+            # Only origin-form targets are forwarded: "http://x/..." or "@host/..." appended to a peer's base URL
+            # would send the request (and a signed marker) wherever the client says.
+            if method == "OPTIONS" and target == b"*":
+                await self._serve_local(scope, receive, send, decision)
+            else:
+                await _plain(send, *BAD_TARGET)
+            return
         if scope["query_string"]:
             target = target + b"?" + scope["query_string"]
+        headers = scope["headers"]
+        content_length = body_framing(headers)
+        if content_length == 0 and scope.get("http_version") == "2":
+            content_length = None  # HTTP/2 needs no length to carry a body: stream whatever comes
+        body = _RequestBody(receive) if content_length != 0 else None
         client = scope.get("client")
-        plan = self.core.plan(decision, headers, tuple(client) if client else None, scope["scheme"])
-        for node, upstream_headers in plan.attempts():
-            request = UpstreamRequest(
-                method,
-                node.address,
-                target.decode("latin-1"),
-                upstream_headers,
-                body.stream() if body is not None else None,
-                content_length,
-            )
-            try:
-                response = await self.transport.send(request)
-            except ForwardError as exc:
-                verdict = plan.failed(node, exc, method, body is not None and body.started)
-                if verdict is None:
-                    continue
-                await _plain(send, *verdict)
-                return
-            response.headers = plan.answered(node, response.status, response.headers)
-            await self._relay(response, receive, send, decision, body, bodiless(method, response.status))
-            return
+        with self.core.plan(decision, headers, tuple(client) if client else None, scope["scheme"]) as plan:
+            for node, upstream_headers in plan.attempts():
+                request = UpstreamRequest(
+                    method,
+                    node.address,
+                    target.decode("latin-1"),
+                    upstream_headers,
+                    body.stream() if body is not None else None,
+                    content_length,
+                    min(self.core.settings.read_timeout, plan.remaining()),
+                )
+                try:
+                    slot = await self.slots.acquire(node.id)
+                except PoolExhausted:
+                    await _plain(send, *POOL_EXHAUSTED, extra=[(b"retry-after", b"1")])
+                    return
+                try:
+                    try:
+                        response = await self.transport.send(request)
+                    except ForwardError as exc:
+                        if body is not None and body.gone:
+                            return  # the client left mid-upload: nobody to answer, not the peer's fault
+                        verdict = plan.failed(node, exc, method, body is not None and body.started)
+                        if verdict is None:
+                            if plan.backoff:
+                                await asyncio.sleep(plan.backoff)
+                            continue
+                        await _plain(send, *verdict)
+                        return
+                    response.headers = plan.answered(node, response.status, response.headers)
+                    await self._relay(response, receive, send, decision, body, bodiless(method, response.status))
+                    return
+                finally:
+                    slot.release()
         if self.router.serve_after_failover(decision, self.core.fallback_local):
-            await self._serve_local(scope, receive, send, decision, True)
+            await self._serve_local(scope, receive, send, decision)
             return
-        await _plain(send, *CANNOT_REACH)
+        await _plain(send, *plan.exhausted())
 
     async def _relay(
         self,
@@ -220,7 +252,7 @@ class AffinityMiddleware:
                     # long download stops pulling from the peer (started lazily: most bodies are one chunk).
                     watcher = asyncio.ensure_future(_wait_disconnect(receive))
                 elif watcher is not None and watcher.done():
-                    raise ForwardError("client disconnected during the response")
+                    return  # the client went away mid-download: stop pulling; the connection is discarded
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if not finished:
                 if remaining is not None and remaining > 0:
@@ -247,12 +279,13 @@ class _RequestBody:
     """The client's request body as an async iterator, read from ``receive`` once; records whether reading began
     (after which the request cannot be re-sent to another peer)."""
 
-    __slots__ = ("done", "receive", "started")
+    __slots__ = ("done", "gone", "receive", "started")
 
     def __init__(self, receive: Receive) -> None:
         self.receive = receive
         self.started = False
         self.done = False
+        self.gone = False
 
     async def stream(self) -> AsyncIterator[bytes]:
         if self.started:
@@ -261,13 +294,39 @@ class _RequestBody:
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                raise ForwardError("client disconnected while sending the request body")
+                self.gone = True
+                raise ClientGone("client disconnected while sending the request body")
             chunk = message.get("body", b"")
             if chunk:
                 yield chunk
             if not message.get("more_body", False):
                 self.done = True
                 return
+
+
+class _PeerSlots:
+    """At most ``size`` forwards in flight to each peer, per event loop; a forward waits at most ``timeout``
+    seconds for a slot, then gets :class:`PoolExhausted` (503 with Retry-After): slow clients cannot build an
+    unbounded queue in front of a busy peer."""
+
+    def __init__(self, size: int, timeout: float) -> None:
+        self.size = size
+        self.timeout = timeout
+        self._semaphores: dict[tuple[int, str], asyncio.Semaphore] = {}
+
+    async def acquire(self, node_id: str) -> asyncio.Semaphore:
+        key = (id(asyncio.get_running_loop()), node_id)
+        semaphore = self._semaphores.get(key)
+        if semaphore is None:
+            semaphore = self._semaphores.setdefault(key, asyncio.Semaphore(self.size))
+        if semaphore.locked():
+            try:
+                await asyncio.wait_for(semaphore.acquire(), self.timeout)
+            except asyncio.TimeoutError:
+                raise PoolExhausted(node_id) from None
+        else:
+            await semaphore.acquire()
+        return semaphore
 
 
 def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
@@ -285,12 +344,13 @@ async def _wait_disconnect(receive: Receive) -> None:
         pass
 
 
-async def _plain(send: Send, status: int, text: bytes, content_type: bytes = b"text/plain; charset=utf-8") -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", content_type), (b"content-length", str(len(text)).encode())],
-        }
-    )
+async def _plain(
+    send: Send,
+    status: int,
+    text: bytes,
+    content_type: bytes = b"text/plain; charset=utf-8",
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(text)).encode()), *(extra or ())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": text, "more_body": False})

@@ -4,6 +4,7 @@
     affinity-mw ring                    share of the keyspace per node, balance, checksum
     affinity-mw simulate --add 1        how many keys move when nodes join or leave, against the ideal
     affinity-mw check URL...            do all nodes agree on the ring? (asks each node's introspection path)
+    affinity-mw drain [URL] [--undo]    make a node drain before it stops (a Kubernetes preStop hook)
     affinity-mw demo                    a real local cluster: traffic, a node killed, a node added
 
 Membership comes from ``--peers`` or ``AFFINITY_PEERS`` (and ``--vnodes``/``AFFINITY_VNODES``), exactly as the
@@ -152,6 +153,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if agree else 1
 
 
+def cmd_drain(args: argparse.Namespace) -> int:
+    """Start (or with --undo stop) draining a node: what a Kubernetes preStop hook runs inside the pod."""
+    import urllib3
+
+    from .introspect import AUTH_HEADER, sign_request
+
+    secret = args.secret or os.environ.get("AFFINITY_SECRET", "")
+    if not secret:
+        raise SystemExit("affinity-mw drain: the request must be signed: set AFFINITY_SECRET or pass --secret")
+    auth = sign_request([s.strip() for s in secret.split(",") if s.strip()])
+    path = os.environ.get("AFFINITY_HEALTH_PATH", "/_affinity/health").rstrip("/") + "/drain"
+    http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=5), retries=False)
+    r = http.request("DELETE" if args.undo else "POST", args.url.rstrip("/") + path, headers={AUTH_HEADER: auth})
+    print(r.data.decode("utf-8", "replace").strip())
+    return 0 if r.status == 200 else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -184,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", default=os.environ.get("AFFINITY_INTROSPECTION_PATH", "/_affinity"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("drain", help="make a node drain (a preStop hook), or stop draining with --undo")
+    p.add_argument("url", nargs="?", default="http://127.0.0.1:8000", help="the node (default: %(default)s)")
+    p.add_argument("--undo", action="store_true", help="stop draining")
+    p.add_argument("--secret", help="cluster secret to sign the request (default: AFFINITY_SECRET)")
+    p.set_defaults(func=cmd_drain)
     p = sub.add_parser("demo", help="run a local cluster, kill a node, add a node (bounded, stops everything)")
     p.add_argument("--short", action="store_true", help="fewer requests, assert the results (for CI)")
     p.add_argument("--app", default=None, help="ASGI app to run (default: a built-in tenant counter)")

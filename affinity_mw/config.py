@@ -156,13 +156,27 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds a peer may take to send response headers, and the longest silence while streaming (504).",
     ),
     Option(
+        "deadline",
+        "AFFINITY_DEADLINE",
+        60.0,
+        _float,
+        "Seconds for all attempts of one forward together, until response headers (504 when spent).",
+    ),
+    Option(
         "keepalive",
         "AFFINITY_KEEPALIVE",
-        3.0,
+        1.5,
         _float,
-        "Seconds an idle pooled peer connection is kept; below the peers' server keep-alive (uvicorn: 5).",
+        "Seconds an idle pooled peer connection is kept; below the peers' keep-alive (gunicorn: 2, uvicorn: 5).",
     ),
-    Option("pool_size", "AFFINITY_POOL_SIZE", 100, _int, "Most open connections to one peer, per worker."),
+    Option("pool_size", "AFFINITY_POOL_SIZE", 100, _int, "Most connections in use to one peer, per worker."),
+    Option(
+        "pool_timeout",
+        "AFFINITY_POOL_TIMEOUT",
+        2.0,
+        _float,
+        "Seconds a forward waits for a free connection to a busy peer before answering 503 with Retry-After.",
+    ),
     Option(
         "transport",
         "AFFINITY_TRANSPORT",
@@ -299,8 +313,10 @@ class Settings:
     max_attempts: int = 3
     connect_timeout: float = 1.0
     read_timeout: float = 30.0
-    keepalive: float = 3.0
+    deadline: float = 60.0
+    keepalive: float = 1.5
     pool_size: int = 100
+    pool_timeout: float = 2.0
     transport: str = "aiohttp"
     hop_max_age: int = 30
     eject_after: int = 5
@@ -391,7 +407,7 @@ class Settings:
             errors.append(f"health_path (AFFINITY_HEALTH_PATH) must start with '/', got {self.health_path!r}")
         if self.jwt_leeway < 0:
             errors.append("jwt_leeway (AFFINITY_JWT_LEEWAY) must be 0 or more seconds")
-        for name in ("connect_timeout", "read_timeout", "keepalive"):
+        for name in ("connect_timeout", "read_timeout", "keepalive", "deadline", "pool_timeout"):
             if not getattr(self, name) > 0:
                 errors.append(f"{name} ({_BY_NAME[name].env}) must be a positive number of seconds")
         if self.trusted_proxies < 0:

@@ -7,12 +7,14 @@ else, and every decision that does no I/O, is here or in :mod:`~affinity_mw.rout
 
 from __future__ import annotations
 
+import functools
 import http.client
-import ipaddress
 import json
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,7 +23,7 @@ from .config import Settings
 from .forward import DRAINING_HEADER, ForwardPlan, Headers
 from .health import PeerHealth
 from .hop import HopSigner
-from .introspect import Introspection
+from .introspect import AUTH_HEADER, Introspection
 from .membership import membership_from_settings
 from .metrics import Metrics
 from .router import Decision, Router
@@ -71,10 +73,13 @@ class AffinityCore:
         # Adapters test request paths against these with one str.startswith before routing anything.
         self.internal_prefixes = tuple(p for p in (settings.health_path, self.introspection.path) if p)
         self.draining = False
+        # [forwards in flight, of which retries]: the retry budget's inputs, per worker process.
+        self.inflight = [0, 0]
         self._checker: threading.Thread | None = None
         if settings.health_interval > 0:
-            self._checker = threading.Thread(target=self._check_set_aside, name="affinity-mw-health", daemon=True)
-            self._checker.start()
+            self._start_checker()
+            # gunicorn --preload forks workers after this ran: threads do not survive a fork, so start another.
+            os.register_at_fork(after_in_child=functools.partial(_restart_checker, weakref.ref(self)))
 
     @property
     def self_id(self) -> str | None:
@@ -94,17 +99,7 @@ class AffinityCore:
     ) -> ForwardPlan:
         if self.signer is None:  # Settings requires a secret whenever there is a peer to forward to
             raise RuntimeError("affinity-mw cannot forward without AFFINITY_SECRET")
-        return ForwardPlan(
-            decision,
-            self.signer,
-            self.self_id or "",
-            headers,
-            client,
-            scheme,
-            self.health,
-            self.counters,
-            self.metrics.observe_forward,
-        )
+        return ForwardPlan(self, decision, headers, client, scheme)
 
     def debug_headers_for(self, decision: Decision) -> Headers:
         """``X-Affinity-Served-By`` and ``X-Affinity-Owner`` for a response this node produced or relayed."""
@@ -118,6 +113,12 @@ class AffinityCore:
         if not self.draining:
             self.draining = True
             logger.warning("affinity-mw: %s is draining", self.self_id)
+
+    def stop_draining(self) -> None:
+        """Undo a drain that was started by mistake (a rollout aborted before the process stopped)."""
+        if self.draining:
+            self.draining = False
+            logger.warning("affinity-mw: %s stopped draining", self.self_id)
 
     def status(self) -> dict[str, Any]:
         """What the health path answers: enough to see at a glance whether nodes agree and who is set aside."""
@@ -142,21 +143,34 @@ class AffinityCore:
     ) -> tuple[int, bytes, str] | None:
         """The answer for the middleware's own paths, or ``None`` when ``path`` is the app's.
 
-        ``POST {health_path}/drain`` is honoured from loopback only: it is meant for a Kubernetes ``preStop``
-        hook running inside the pod, never for clients.
+        The health path answers everyone with its status code (load balancers need it) but shows the details
+        (members, counters) only to whoever may read the introspection path. ``POST {health_path}/drain`` (and
+        ``DELETE`` to undo) must be signed with the cluster secret (``affinity-mw drain URL`` does it): a
+        source address proves nothing behind a sidecar or a local proxy, where every client is on loopback.
         """
         if path == self.health_path:
             if method not in ("GET", "HEAD"):
                 return 405, b'{"error": "use GET"}\n', _JSON
-            return (503 if self.draining else 200), json.dumps(self.status()).encode() + b"\n", _JSON
+            status = 503 if self.draining else 200
+            if self.introspection.allowed(client_host, header(AUTH_HEADER)):
+                return status, json.dumps(self.status()).encode() + b"\n", _JSON
+            return status, json.dumps({"status": "draining" if self.draining else "ok"}).encode() + b"\n", _JSON
         if path == self.health_path + "/drain":
-            if method != "POST":
-                return 405, b'{"error": "use POST"}\n', _JSON
-            if not _is_loopback(client_host):
-                return 403, b'{"error": "draining can only be started from this host"}\n', _JSON
-            self.start_draining()
-            return 200, json.dumps({"node": self.self_id, "status": "draining"}).encode() + b"\n", _JSON
+            if method not in ("POST", "DELETE"):
+                return 405, b'{"error": "use POST to drain, DELETE to undo"}\n', _JSON
+            if not self.introspection.signed(header(AUTH_HEADER)):
+                return 403, b'{"error": "sign the request with the cluster secret (affinity-mw drain URL)"}\n', _JSON
+            if method == "POST":
+                self.start_draining()
+            else:
+                self.stop_draining()
+            state = "draining" if self.draining else "ok"
+            return 200, json.dumps({"node": self.self_id, "status": state}).encode() + b"\n", _JSON
         return self.introspection.respond(method, path, query, client_host, header)
+
+    def _start_checker(self) -> None:
+        self._checker = threading.Thread(target=self._check_set_aside, name="affinity-mw-health", daemon=True)
+        self._checker.start()
 
     def _check_set_aside(self) -> None:
         """Active checks: ask set-aside peers' health path and re-admit those that answer 200 before their time."""
@@ -169,11 +183,10 @@ class AffinityCore:
                     self.health.readmit(node_id)
 
 
-def _is_loopback(host: str | None) -> bool:
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _restart_checker(ref: weakref.ref[AffinityCore]) -> None:
+    core = ref()
+    if core is not None:
+        core._start_checker()
 
 
 def _healthy(url: str, timeout: float) -> bool:

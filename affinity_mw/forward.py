@@ -21,16 +21,16 @@ implementations are in :mod:`affinity_mw.transports`.
 from __future__ import annotations
 
 import logging
+import random
 import time
-from collections import Counter
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from .health import PeerHealth
-from .hop import HOP_HEADER, INTERNAL_PREFIX, HopSigner
+from .hop import HOP_HEADER, INTERNAL_PREFIX
 from .ring import Node
 
 if TYPE_CHECKING:
+    from .core import AffinityCore
     from .router import Decision
 
 __all__ = [
@@ -85,6 +85,34 @@ class UpstreamTimeout(ForwardError):
     """The peer did not answer in time (504)."""
 
 
+class BadResponse(ForwardError):
+    """The peer answered something that cannot be relayed (e.g. a header over the client's limits): 502, final."""
+
+
+class ClientGone(Exception):
+    """The client went away (disconnected mid-upload or mid-download): nothing to answer, and not the peer's fault."""
+
+
+class PoolExhausted(Exception):
+    """Every connection to the peer stayed busy for the whole pool wait: 503 with Retry-After, never a queue."""
+
+
+def client_gone(exc: BaseException) -> bool:
+    """True when a transport error was caused by our own body iterator seeing the client disconnect.
+
+    aiohttp and urllib3 wrap exceptions raised while writing the request body in their own errors; the
+    original is on the cause/context chain.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ClientGone):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     tokens: set[bytes] = set()
     for name, value in headers:
@@ -95,7 +123,7 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
 
 def is_internal(name: bytes) -> bool:
     """True for our internal header names, including spellings that WSGI or lax servers fold onto them."""
-    return name.replace(b"_", b"-").lower().startswith(INTERNAL_PREFIX)
+    return name[:11].replace(b"_", b"-").lower() == INTERNAL_PREFIX
 
 
 def request_headers(
@@ -194,64 +222,88 @@ def bodiless(method: str, status: int) -> bool:
 
 DRAINING_HEADER = b"x-affinity-draining"
 CANNOT_REACH = (502, b"No owner of this key could be reached.\n")
+GATEWAY_TIMEOUT = (504, b"The key's owner did not answer in time.\n")
+BAD_TARGET = (400, b"The request target must be a path (origin-form).\n")
+POOL_EXHAUSTED = (503, b"The key's owner is busy; retry shortly.\n")
 
 
 class ForwardPlan:
     """One forward, without I/O: the request each attempt sends and what each failure means.
 
     The ASGI and WSGI adapters differ only in how they send bytes; the failover rules (DESIGN.md section 6) live
-    here once. A connection refused before anything was sent moves to the next candidate for any method. A
-    connection that broke after sending gets one retry on the next candidate, and only for an idempotent method
-    whose body has not been streamed (a POST is never sent twice). A timeout is final (504).
+    here once:
+
+    * Refused or not accepted in time (nothing sent): the next candidate, for any method, as if the dead node had
+      left the ring.
+    * Broken after sending, before response headers: one retry on the next candidate, only for an idempotent
+      method whose body was not streamed (a POST is never sent twice), only within the retry budget (at most
+      ``max(3, 20%)`` of the forwards in flight are retries, as Envoy's default budget) and after a jittered
+      backoff (up to 25 ms).
+    * No response headers in time, or the overall deadline spent: 504. A response that cannot be parsed: 502.
+
+    Only gateway failures (refused, reset, timed out, 502/503/504) count toward setting a peer aside: a client that
+    aborts its upload, or an app that answers 500, says nothing about the peer's health. Use as a context manager
+    so the in-flight counts the budget relies on stay exact.
     """
 
     __slots__ = (
+        "_retrying",
         "_sent_at",
         "added",
+        "backoff",
         "client",
-        "counters",
+        "core",
+        "deadline",
         "decision",
         "headers",
-        "health",
-        "observe",
         "retried",
         "scheme",
-        "sender",
-        "signer",
     )
 
     def __init__(
         self,
+        core: AffinityCore,
         decision: Decision,
-        signer: HopSigner,
-        sender: str,
         headers: Sequence[tuple[bytes, bytes]],
         client: tuple[str, int] | None,
         scheme: str,
-        health: PeerHealth,
-        counters: Counter[str],
-        observe: Callable[[str, float], None] | None = None,
     ) -> None:
-        self.health = health
-        self.counters = counters
-        self.observe = observe
-        self._sent_at = 0.0
+        self.core = core
         self.decision = decision
-        self.signer = signer
-        self.sender = sender
         self.client = client
         self.scheme = scheme
         self.headers, self.added = request_headers(headers, client_host=client[0] if client else None, scheme=scheme)
         self.retried = False
+        self._retrying = False
+        self.backoff = 0.0
+        self._sent_at = 0.0
+        self.deadline = time.monotonic() + core.settings.deadline
+
+    def __enter__(self) -> ForwardPlan:
+        self.core.inflight[0] += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        inflight = self.core.inflight
+        inflight[0] -= 1
+        if self._retrying:
+            inflight[1] -= 1
+
+    def remaining(self) -> float:
+        """Seconds left of the overall deadline that covers every attempt until response headers."""
+        return self.deadline - time.monotonic()
 
     def attempts(self) -> Iterator[tuple[Node, Headers]]:
         """Each candidate in failover order, with the upstream headers and a fresh marker for that attempt."""
         decision = self.decision
-        assert decision.key_hash is not None  # a forward decision always has a key
+        core = self.core
+        assert decision.key_hash is not None and core.signer is not None  # a forward decision has both
         for node in decision.candidates:
+            if self.remaining() <= 0:
+                return
             decision.attempts += 1
-            marker = self.signer.sign(
-                sender=self.sender,
+            marker = core.signer.sign(
+                sender=core.self_id or "",
                 key_hash=decision.key_hash,
                 ring_checksum=decision.ring.checksum,
                 attempt=decision.attempts,
@@ -263,41 +315,62 @@ class ForwardPlan:
             yield node, [*self.headers, (HOP_HEADER, marker)]
 
     def failed(self, node: Node, exc: ForwardError, method: str, body_started: bool) -> tuple[int, bytes] | None:
-        """``None`` to go on to the next candidate, else the status and text to answer the client with."""
-        self.health.failure(node.id)
-        self.counters["forward_errors"] += 1
+        """``None`` to go on to the next candidate (after ``backoff`` seconds), else the status and text to answer
+        the client with."""
+        core = self.core
+        core.counters["forward_errors"] += 1
+        self.backoff = 0.0
+        if isinstance(exc, BadResponse):
+            logger.warning("affinity-mw: %s sent a response that cannot be relayed (%s)", node.id, exc)
+            return 502, b"The key's owner sent a response that cannot be relayed.\n"
+        core.health.failure(node.id)
         if isinstance(exc, UpstreamTimeout):
             logger.warning("affinity-mw: %s did not answer in time (%s)", node.id, exc)
-            return 504, b"The key's owner did not answer in time.\n"
+            return GATEWAY_TIMEOUT
         if isinstance(exc, ConnectFailed):
             warn_rate_limited(node.id, "affinity-mw: cannot connect to %s (%s); trying the next owner", exc)
             if body_started:
                 return 502, b"The key's owner failed while receiving the request body.\n"
             return None
-        if method in IDEMPOTENT and not body_started and not self.retried:
+        inflight = core.inflight
+        if (
+            method in IDEMPOTENT
+            and not body_started
+            and not self.retried
+            and inflight[1] < max(3, 0.2 * inflight[0])
+            and self.remaining() > 0
+        ):
             logger.warning("affinity-mw: %s failed before answering (%s); retrying once", node.id, exc)
-            self.retried = True
-            self.counters["retries"] += 1
+            self.retried = self._retrying = True
+            inflight[1] += 1
+            core.counters["retries"] += 1
+            self.backoff = random.uniform(0, 0.025)
             return None
         logger.warning("affinity-mw: %s failed before answering (%s)", node.id, exc)
         return 502, b"The key's owner failed before answering.\n"
 
+    def exhausted(self) -> tuple[int, bytes]:
+        """What to answer when no attempt produced a response and serving here is not an option."""
+        return GATEWAY_TIMEOUT if self.remaining() <= 0 else CANNOT_REACH
+
     def answered(self, node: Node, status: int, headers: Headers) -> Headers:
         """Record a peer's answer for health, and return its headers minus our internal draining signal.
 
-        A 5xx counts as a failure toward ejection (like Envoy's consecutive_5xx); ``X-Affinity-Draining`` sets the
-        peer aside at once so new keys stop going to a node that is shutting down. The response itself is
+        A 502/503/504 counts toward ejection (Envoy's consecutive gateway failures); ``X-Affinity-Draining`` sets
+        the peer aside at once so new keys stop going to a node that is shutting down. The response itself is
         relayed as it is: it is a real answer to this request.
         """
-        if self.observe is not None:
-            self.observe(node.id, time.perf_counter() - self._sent_at)
-        if status >= 500:
-            self.health.failure(node.id)
+        core = self.core
+        core.metrics.observe_forward(node.id, time.perf_counter() - self._sent_at)
+        if status in (502, 503, 504):
+            core.health.failure(node.id)
         else:
-            self.health.success(node.id)
-        if any(name == DRAINING_HEADER for name, _ in headers):
-            self.health.draining(node.id)
-            headers = [(name, value) for name, value in headers if name != DRAINING_HEADER]
+            core.health.success(node.id)
+        for name, _ in headers:
+            if name == DRAINING_HEADER:
+                core.health.draining(node.id)
+                headers = [(name, value) for name, value in headers if name != DRAINING_HEADER]
+                break
         self.decision.served_by = node.id
         return headers
 
@@ -314,10 +387,12 @@ def warn_rate_limited(peer: str, message: str, exc: BaseException) -> None:
 
 
 class UpstreamRequest:
-    """One attempt's request. ``body`` is ``None`` (no body), or an async iterable plus ``content_length``
-    (``None`` means chunked)."""
+    """One attempt's request. ``target`` is origin-form (starts with ``/``; adapters refuse anything else).
+    ``body`` is ``None`` (no body), or an iterable plus ``content_length`` (``None`` means chunked).
+    ``read_timeout`` bounds the wait for response headers (the lesser of the per-try timeout and what is left of
+    the overall deadline)."""
 
-    __slots__ = ("body", "content_length", "headers", "method", "target", "url_base")
+    __slots__ = ("body", "content_length", "headers", "method", "read_timeout", "target", "url_base")
 
     def __init__(
         self,
@@ -327,6 +402,7 @@ class UpstreamRequest:
         headers: Headers,
         body: AsyncIterable[bytes] | Iterable[bytes] | None = None,
         content_length: int | None = 0,
+        read_timeout: float | None = None,
     ) -> None:
         self.method = method
         self.url_base = url_base
@@ -334,6 +410,7 @@ class UpstreamRequest:
         self.headers = headers
         self.body = body
         self.content_length = content_length
+        self.read_timeout = read_timeout
 
 
 class UpstreamResponse(Protocol):

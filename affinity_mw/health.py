@@ -51,13 +51,19 @@ class PeerHealth:
         self._peers: dict[str, _Peer] = {}
         self._lock = threading.Lock()
         self.any_ejected = False
+        self._last_expiry = 0.0
         self.ejections_total = 0
 
     def usable(self, node_id: str) -> bool:
         if not self.any_ejected:
             return True
+        now = self.clock()
+        if now >= self._last_expiry:
+            # Every ejection has run out: back to the one-attribute fast path for the router.
+            self.any_ejected = False
+            return True
         peer = self._peers.get(node_id)
-        return peer is None or peer.ejected_until <= self.clock()
+        return peer is None or peer.ejected_until <= now
 
     def ejected(self) -> dict[str, str]:
         """Peers set aside now, with why ("failures" or "draining")."""
@@ -97,7 +103,7 @@ class PeerHealth:
                 logger.info("affinity-mw: %s is healthy again; re-admitted", node_id)
 
     def forget(self, keep: Iterable[str]) -> None:
-        """Drop state of peers no longer in the membership."""
+        """Drop state of peers no longer in the membership (called when the ring changes)."""
         keep = set(keep)
         with self._lock:
             for node_id in [n for n in self._peers if n not in keep]:
@@ -106,6 +112,8 @@ class PeerHealth:
     def _eject(self, node_id: str, peer: _Peer, seconds: float, reason: str) -> None:
         peer.ejected_until = self.clock() + seconds
         peer.reason = reason
+        peer.failures = 0  # a re-admitted peer starts a new streak
+        self._last_expiry = max(self._last_expiry, peer.ejected_until)
         self.ejections_total += 1
         self.any_ejected = True
         logger.warning("affinity-mw: setting %s aside for %.0f s (%s)", node_id, seconds, reason)

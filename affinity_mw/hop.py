@@ -13,9 +13,11 @@ the client's address and scheme, and which ``X-Forwarded-*`` headers the forward
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
+from urllib.parse import quote, unquote
 
-from itsdangerous import BadData, TimestampSigner
+from itsdangerous import BadData, Signer
 
 __all__ = ["HOP_HEADER", "INTERNAL_PREFIX", "HopMarker", "HopSigner"]
 
@@ -65,19 +67,26 @@ class HopMarker:
 class HopSigner:
     """Signs and verifies hop markers with the cluster secret.
 
-    ``secret_keys`` is a list for rotation, oldest to newest: the newest signs, every one verifies, so a secret can
-    be rotated by deploying ``old,new`` everywhere, then ``new``. The salt is fixed and specific to this purpose,
-    so a marker can never be replayed as any other itsdangerous token signed with the same secret.
+    ``secret_keys`` is a list for rotation, oldest to newest: the last one signs, every one verifies (see the
+    three-step rotation in ``docs/configuration.md``). The salt is fixed and specific to this purpose, so a marker
+    can never be replayed as any other itsdangerous token signed with the same secret.
+
+    The marker carries its own millisecond timestamp rather than itsdangerous's whole-second one, which rejects
+    any negative age: a receiver whose clock is a few milliseconds behind the sender's would otherwise reject
+    every marker signed just after a second boundary. A marker up to ``max_skew`` seconds in the future passes.
+    Fields are percent-escaped, so no value a client can influence (its address as a proxy reported it) can
+    break the format.
     """
 
-    def __init__(self, secret_keys: str | Sequence[str], *, max_age: int = 30) -> None:
+    def __init__(self, secret_keys: str | Sequence[str], *, max_age: int = 30, max_skew: float = 5.0) -> None:
         keys = [secret_keys] if isinstance(secret_keys, str) else list(secret_keys)
         if not keys or not all(keys):
             raise ValueError("The hop marker needs at least one non-empty secret key (AFFINITY_SECRET).")
         if max_age < 1:
             raise ValueError(f"The hop marker max_age must be at least 1 second, got {max_age!r}.")
         self.max_age = max_age
-        self._signer = TimestampSigner(keys, salt="affinity-mw.hop.v1", digest_method=hashlib.sha256)
+        self.max_skew = max_skew
+        self._signer = Signer(keys, salt="affinity-mw.hop.v2", digest_method=hashlib.sha256)
 
     def sign(
         self,
@@ -91,16 +100,40 @@ class HopSigner:
         added: str = "",
     ) -> bytes:
         host, port = client if client is not None else ("", 0)
-        fields = (sender, f"{key_hash:016x}", ring_checksum, str(attempt), host, str(port), scheme, added)
-        if any(_SEP in part for part in fields):
-            raise ValueError("Hop marker fields must not contain '|'.")
+        fields = (
+            f"{int(time.time() * 1000):x}",
+            _escape(sender),
+            f"{key_hash:016x}",
+            _escape(ring_checksum),
+            str(attempt),
+            _escape(host or ""),
+            str(port),
+            _escape(scheme),
+            _escape(added),
+        )
         return self._signer.sign(_SEP.join(fields))
 
     def verify(self, token: bytes | str) -> HopMarker | None:
         """The marker's content if it is authentic and fresh, else ``None`` (never raises on client input)."""
         try:
-            payload = self._signer.unsign(token, max_age=self.max_age).decode("utf-8")
-            sender, key_hash, checksum, attempt, host, port, scheme, added = payload.split(_SEP)
-            return HopMarker(sender, int(key_hash, 16), checksum, int(attempt), host or None, int(port), scheme, added)
+            payload = self._signer.unsign(token).decode("utf-8")
+            stamp, sender, key_hash, checksum, attempt, host, port, scheme, added = payload.split(_SEP)
+            age = time.time() - int(stamp, 16) / 1000
+            if not -self.max_skew <= age <= self.max_age:
+                return None
+            return HopMarker(
+                unquote(sender),
+                int(key_hash, 16),
+                unquote(checksum),
+                int(attempt),
+                unquote(host) or None,
+                int(port),
+                unquote(scheme),
+                unquote(added),
+            )
         except (BadData, ValueError, UnicodeDecodeError):
             return None
+
+
+def _escape(value: str) -> str:
+    return quote(value, safe=":/[]@._-") if value else ""

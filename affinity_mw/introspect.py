@@ -51,17 +51,21 @@ class Introspection:
     def matches(self, path: str) -> bool:
         return bool(self.path) and (path == self.path or path.startswith(self.path + "/"))
 
+    def signed(self, auth: str | None) -> bool:
+        """True for an ``X-Affinity-Auth`` value signed with the cluster secret in the last 60 s."""
+        if not auth or self._signer is None:
+            return False
+        try:
+            self._signer.unsign(auth, max_age=60)
+            return True
+        except BadData:
+            return False
+
     def allowed(self, client_host: str | None, auth: str | None) -> bool:
         if self.off:
             return False
-        if self.public:
+        if self.public or self.signed(auth):
             return True
-        if auth and self._signer is not None:
-            try:
-                self._signer.unsign(auth, max_age=60)
-                return True
-            except BadData:
-                pass
         if client_host and self.networks:
             try:
                 address = ipaddress.ip_address(client_host)

@@ -163,11 +163,8 @@ class _Header(_Extractor):
         self._desc = f"header({name!r})"
 
     def __call__(self, req: RequestView) -> str | None:
-        wanted = self._wanted
-        for key, value in req.headers:
-            if key == wanted:
-                return value.decode("latin-1").strip() or None
-        return None
+        value = req.first(self._wanted)
+        return None if value is None else value.decode("latin-1").strip() or None
 
 
 def header(name: str) -> Extractor:
@@ -380,14 +377,11 @@ class _Region(_Extractor):
         self._desc = f"region({header_name!r})"
 
     def __call__(self, req: RequestView) -> str | None:
-        wanted = self._wanted
-        for key, value in req.headers:
-            if key == wanted:
-                if len(value) > 256:
-                    return None
-                text = value.decode("latin-1").strip().lower()
-                return text if _REGION_RE.fullmatch(text) else None
-        return None
+        value = req.first(self._wanted)
+        if value is None or len(value) > 256:
+            return None
+        text = value.decode("latin-1").strip().lower()
+        return text if _REGION_RE.fullmatch(text) else None
 
 
 def region(header_name: str = "X-Region") -> Extractor:
@@ -623,15 +617,14 @@ class _JwtClaim(_Extractor):
             if raw is None:
                 return None
             return raw.strip() or None
-        wanted = self._source_header
-        for name, value in req.headers:
-            if name == wanted:
-                text = value.decode("latin-1")
-                if kind == "bearer":
-                    return _strip_bearer(text)
-                text = text.strip()
-                return _strip_bearer(text) if text[:7].lower() == "bearer " else text or None
-        return None
+        value = req.first(self._source_header)
+        if value is None:
+            return None
+        text = value.decode("latin-1")
+        if kind == "bearer":
+            return _strip_bearer(text)
+        text = text.strip()
+        return _strip_bearer(text) if text[:7].lower() == "bearer " else text or None
 
     def __call__(self, req: RequestView) -> str | None:
         token = self._token(req)

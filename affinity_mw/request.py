@@ -22,12 +22,11 @@ class RequestView:
     ``client`` is the socket peer's address as the server saw it, never a header's claim.
     """
 
-    __slots__ = ("_cookies", "_query", "client", "headers", "method", "path", "raw_query", "scheme")
+    __slots__ = ("_cookies", "_headers", "_query", "client", "method", "path", "raw_query", "scheme")
 
     method: str
     path: str
     raw_query: bytes
-    headers: Sequence[tuple[bytes, bytes]]
     client: str | None
     scheme: str
 
@@ -43,11 +42,22 @@ class RequestView:
         self.method = method
         self.path = path
         self.raw_query = raw_query
-        self.headers = headers
+        self._headers: Sequence[tuple[bytes, bytes]] | None = headers
         self.client = client
         self.scheme = scheme
         self._cookies: dict[str, str] | None = None
         self._query: dict[str, list[str]] | None = None
+
+    @property
+    def headers(self) -> Sequence[tuple[bytes, bytes]]:
+        return self._headers or ()
+
+    def first(self, name: bytes) -> bytes | None:
+        """First raw value of the header ``name`` (lower-case bytes): the hot-path lookup extractors use."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
 
     def header(self, name: str) -> str | None:
         """First value of a header (case-insensitive name), or ``None``.
@@ -55,11 +65,8 @@ class RequestView:
         Values are decoded as latin-1, as HTTP/1.1 defines; the first occurrence wins so that a value appended
         by an intermediary later in the list cannot override the original.
         """
-        wanted = name.lower().encode("latin-1")
-        for key, value in self.headers:
-            if key == wanted:
-                return value.decode("latin-1")
-        return None
+        value = self.first(name.lower().encode("latin-1"))
+        return None if value is None else value.decode("latin-1")
 
     def header_all(self, name: str) -> list[str]:
         """Every value of a header, in order received."""

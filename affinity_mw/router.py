@@ -134,6 +134,7 @@ class Router:
         self.max_key_length = max_key_length
         self.health = health if health is not None else PeerHealth()
         self.counters: Counter[str] = Counter()
+        self._ring_seen: HashRing | None = None
 
     def extract(self, view: RequestView) -> str | None:
         """The request's key, or ``None``. A failing custom extractor must not turn into a 500 for the client."""
@@ -150,8 +151,20 @@ class Router:
             return None
         return key
 
-    def decide(self, view: RequestView, hop_token: bytes | None = None) -> Decision:
-        decision = self._decide(view, hop_token)
+    def check_marker(self, token: bytes) -> HopMarker | None:
+        """The hop marker's content if it is authentic and fresh; forged, stale or malformed ones are counted."""
+        marker = self.signer.verify(token) if self.signer is not None else None
+        if marker is None:
+            self.counters["invalid_marker"] += 1
+            logger.debug("affinity-mw: ignoring an invalid or stale hop marker")
+        return marker
+
+    def decide(self, view: RequestView, marker: HopMarker | None = None) -> Decision:
+        """Route ``view``. With an authentic ``marker`` (see :meth:`check_marker`) the answer is always "serve
+        here": a peer already routed this request, and serving it where it lands is what makes a loop impossible
+        whatever the two nodes think of membership, configuration or the key. ``view`` must then be the request
+        as the first node saw it (adapters restore it from the marker first)."""
+        decision = self._decide(view, marker)
         if logger.isEnabledFor(logging.DEBUG):
             # The key is logged as its hash only: keys are tenant ids, session ids or token claims.
             logger.debug(
@@ -165,10 +178,12 @@ class Router:
             )
         return decision
 
-    def _decide(self, view: RequestView, hop_token: bytes | None) -> Decision:
+    def _decide(self, view: RequestView, marker: HopMarker | None) -> Decision:
         ring: HashRing = self.membership.ring
         counters = self.counters
         key = self.extract(view)
+        if marker is not None:
+            return self._hop(ring, key, marker, self.membership.self_id)
         if key is None:
             counters["no_key"] += 1
             if self.reject_without_key:
@@ -177,12 +192,6 @@ class Router:
             return Decision(LOCAL, "no-key", ring)
         key_hash = hash_key(key)
         self_id = self.membership.self_id
-        if hop_token is not None and self.signer is not None:
-            marker = self.signer.verify(hop_token)
-            if marker is not None and marker.key_hash == key_hash:
-                return self._hop(ring, key, key_hash, marker, self_id)
-            counters["invalid_marker"] += 1
-            logger.debug("affinity-mw: ignoring an invalid, stale or mismatched hop marker")
         owner = ring.owner(key_hash)
         if owner is None or (len(ring) == 1 and owner.id == self_id):
             counters["local_owner"] += 1
@@ -191,6 +200,10 @@ class Router:
             counters["local_owner"] += 1
             return Decision(LOCAL, "owner", ring, key, key_hash, owner)
         health = self.health
+        if ring is not self._ring_seen:
+            # Membership changed: forget the health of peers that left (cheap identity check per forward).
+            self._ring_seen = ring
+            health.forget(node.id for node in ring.nodes)
         if health.any_ejected:
             # Set-aside peers are skipped as if they had left the ring: their keys go to their successors only.
             order = [n for n in ring.successors(key_hash) if n.id == self_id or health.usable(n.id)]
@@ -211,12 +224,17 @@ class Router:
         counters["forwarded"] += 1
         return decision
 
-    def _hop(self, ring: HashRing, key: str, key_hash: int, marker: HopMarker, self_id: str | None) -> Decision:
+    def _hop(self, ring: HashRing, key: str | None, marker: HopMarker, self_id: str | None) -> Decision:
         """A peer routed this here: serve it whatever our ring says, and record any disagreement."""
         counters = self.counters
         counters["hop"] += 1
-        owner = ring.owner(key_hash)
+        key_hash = hash_key(key) if key is not None else None
+        owner = ring.owner(key_hash) if key_hash is not None else None
         decision = Decision(LOCAL, "hop", ring, key, key_hash, owner, marker=marker)
+        if key_hash != marker.key_hash:
+            # Both nodes should extract the same key from the same request; they differ while their key settings
+            # differ (a rollout) or if a captured marker is replayed for another key. Served here all the same.
+            counters["marker_key_mismatch"] += 1
         if owner is not None and owner.id != self_id:
             counters["misroute"] += 1
         if marker.ring_checksum != ring.checksum:

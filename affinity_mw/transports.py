@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import http.cookiejar
+import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from .forward import (
-    IDEMPOTENT,
+    BadResponse,
+    ClientGone,
     ConnectFailed,
     Headers,
     SendFailed,
@@ -26,6 +29,7 @@ from .forward import (
     UpstreamRequest,
     UpstreamResponse,
     UpstreamTimeout,
+    client_gone,
     response_headers,
 )
 
@@ -62,19 +66,22 @@ class _AiohttpResponse:
 
 
 class AiohttpTransport:
-    """The default ASGI transport: one ``aiohttp.ClientSession`` per worker, created lazily in the running loop.
+    """The default ASGI transport: one ``aiohttp.ClientSession`` per worker and event loop, created lazily in the
+    running loop (a session is bound to the loop that made it; test clients and some hosts run several).
 
     Tuned for proxying, not browsing: no cookie jar (one user's ``Set-Cookie`` must never ride on another user's
     request), no automatic ``Accept``/``Accept-Encoding``/``User-Agent``/``Content-Type`` (the peer must see the
-    client's headers, not ours), no decompression, no proxies from the environment, a bounded pool per peer and
-    a keep-alive shorter than the peers' server keep-alive so we never reuse a connection the peer is closing.
+    client's headers, not ours), no decompression, no proxies from the environment, no retries of its own
+    (aiohttp retries idempotent requests once by default; the failover rules are ``ForwardPlan``'s), response
+    headers up to 64 KiB like the servers in front of us accept, and a keep-alive shorter than the peers' so we
+    never reuse a connection the peer is closing.
     """
 
     def __init__(
         self,
         *,
         pool_size: int = 100,
-        keepalive: float = 3.0,
+        keepalive: float = 1.5,
         connect_timeout: float = 1.0,
         read_timeout: float = 30.0,
     ) -> None:
@@ -82,35 +89,44 @@ class AiohttpTransport:
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._session: Any = None
+        self._sessions: dict[int, tuple[Any, Any]] = {}
 
-    def _open(self) -> Any:
+    def _session(self) -> Any:
+        loop = asyncio.get_running_loop()
+        entry = self._sessions.get(id(loop))
+        if entry is not None and entry[0] is loop and not entry[1].closed:
+            return entry[1]
         import aiohttp
 
+        for key, (other, _) in list(self._sessions.items()):
+            if other.is_closed():
+                del self._sessions[key]
         connector = aiohttp.TCPConnector(
-            limit=0,
-            limit_per_host=self.pool_size,
-            keepalive_timeout=self.keepalive,
-            ttl_dns_cache=10,
+            limit=0, limit_per_host=self.pool_size, keepalive_timeout=self.keepalive, ttl_dns_cache=10
         )
-        self._session = aiohttp.ClientSession(
+        session = aiohttp.ClientSession(
             connector=connector,
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             trust_env=False,
             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+            max_line_size=65536,
+            max_field_size=65536,
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
             ),
         )
-        return self._session
+        if hasattr(session, "_retry_connection"):
+            session._retry_connection = False
+        self._sessions[id(loop)] = (loop, session)
+        return session
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         import aiohttp
         from multidict import CIMultiDict
         from yarl import URL
 
-        session = self._session or self._open()
+        session = self._session()
         headers: CIMultiDict[str] = CIMultiDict(
             (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers
         )
@@ -119,30 +135,46 @@ class AiohttpTransport:
             data = request.body
             if request.content_length is not None:
                 headers["Content-Length"] = str(request.content_length)
+        read_timeout = self.read_timeout
+        timeout: Any = None
+        if request.read_timeout is not None and request.read_timeout < read_timeout:
+            read_timeout = max(request.read_timeout, 0.001)
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=None, sock_connect=self.connect_timeout, sock_read=read_timeout
+            )
         try:
             resp = await session.request(
                 request.method,
+                # Safe to join: the adapters only forward origin-form targets ("/..."), so the host is ours.
                 URL(request.url_base + request.target, encoded=True),
                 headers=headers,
                 data=data,
                 allow_redirects=False,
                 compress=None,
                 chunked=None,
+                **({"timeout": timeout} if timeout is not None else {}),
             )
+        except ClientGone:
+            raise
         except aiohttp.ClientConnectorError as exc:
             raise ConnectFailed(str(exc)) from exc
         except aiohttp.ConnectionTimeoutError as exc:
             raise ConnectFailed(f"connect timeout: {exc}") from exc
         except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
-            raise UpstreamTimeout(f"no response headers within {self.read_timeout}s") from exc
+            raise UpstreamTimeout(f"no response headers within {read_timeout}s") from exc
+        except aiohttp.ClientResponseError as exc:
+            raise BadResponse(f"{type(exc).__name__}: {exc}") from exc
         except aiohttp.ClientError as exc:
+            if client_gone(exc):
+                raise ClientGone(str(exc)) from exc
             raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
         return _AiohttpResponse(resp)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        loop = asyncio.get_running_loop()
+        entry = self._sessions.pop(id(loop), None)
+        if entry is not None:
+            await entry[1].close()
 
 
 # ------------------------------------------------------------------------------------------------------ httpx
@@ -156,6 +188,20 @@ class _BlockAllCookies(http.cookiejar.DefaultCookiePolicy):
 
     def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
         return False
+
+
+def _proxy_safe(client: Any) -> None:
+    """Make a user's httpx client safe to forward with: no cookie memory, and a loud warning about proxies from
+    the environment (``trust_env=True`` would send peer traffic through ``HTTP_PROXY``)."""
+    import httpx
+
+    client.cookies = httpx.Cookies(http.cookiejar.CookieJar(policy=_BlockAllCookies()))
+    if getattr(client, "trust_env", False):
+        warnings.warn(
+            "affinity-mw: the httpx client forwarding to peers has trust_env=True, so HTTP_PROXY/HTTPS_PROXY and "
+            "NO_PROXY decide where peer traffic goes; create it with trust_env=False.",
+            stacklevel=3,
+        )
 
 
 class _HttpxResponse:
@@ -194,7 +240,7 @@ class HttpxTransport:
         client: Any = None,
         *,
         pool_size: int = 100,
-        keepalive: float = 3.0,
+        keepalive: float = 1.5,
         connect_timeout: float = 1.0,
         read_timeout: float = 30.0,
     ) -> None:
@@ -210,7 +256,7 @@ class HttpxTransport:
                     max_connections=None, max_keepalive_connections=pool_size, keepalive_expiry=keepalive
                 ),
             )
-        client.cookies = httpx.Cookies(http.cookiejar.CookieJar(policy=_BlockAllCookies()))
+        _proxy_safe(client)
         self.client = client
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
@@ -220,12 +266,14 @@ class HttpxTransport:
             request.method, request.url_base + request.target, headers=_httpx_headers(request), content=request.body
         )
         try:
-            resp = await self.client.send(req, stream=True, follow_redirects=False)
+            resp = await self.client.send(req, stream=True, follow_redirects=False, auth=None)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ConnectFailed(str(exc)) from exc
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(str(exc)) from exc
         except httpx.TransportError as exc:
+            if client_gone(exc):
+                raise ClientGone(str(exc)) from exc
             raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
         return _HttpxResponse(resp)
 
@@ -267,19 +315,22 @@ class Urllib3Transport:
     """The default WSGI transport: one thread-safe ``urllib3.PoolManager`` per worker process.
 
     ``SKIP_HEADER`` stops urllib3 from adding ``User-Agent`` and ``Accept-Encoding`` the client did not send;
-    ``decode_content=False`` keeps compressed bodies compressed; ``retries=False`` leaves failover to us.
+    ``decode_content=False`` keeps compressed bodies compressed; ``retries=False`` leaves failover to us. urllib3
+    has no idle expiry of its own: pooled connections idle longer than ``keepalive`` are closed before reuse, so
+    we never send on a connection the peer is about to close (gunicorn closes idle ones after 2 s).
     """
 
     def __init__(
         self,
         *,
         pool_size: int = 100,
-        keepalive: float = 3.0,
+        keepalive: float = 1.5,
         connect_timeout: float = 1.0,
         read_timeout: float = 30.0,
     ) -> None:
         import urllib3
 
+        self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._pool = urllib3.PoolManager(
             num_pools=64,
@@ -288,6 +339,10 @@ class Urllib3Transport:
             retries=False,
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
         )
+        self._pool.pool_classes_by_scheme = {
+            "http": _expiring(urllib3.HTTPConnectionPool, keepalive),
+            "https": _expiring(urllib3.HTTPSConnectionPool, keepalive),
+        }
         self._skip = urllib3.util.SKIP_HEADER
 
     def send(self, request: UpstreamRequest) -> SyncUpstreamResponse:
@@ -296,8 +351,7 @@ class Urllib3Transport:
         headers = urllib3.HTTPHeaderDict()
         seen = set()
         for name, value in request.headers:
-            key = name.decode("latin-1")
-            headers.add(key, value.decode("latin-1"))
+            headers.add(name.decode("latin-1"), value.decode("latin-1"))
             seen.add(name)
         for name in (b"user-agent", b"accept-encoding"):
             if name not in seen:
@@ -308,41 +362,60 @@ class Urllib3Transport:
                 chunked = True
             else:
                 headers["content-length"] = str(request.content_length)
-        elif request.method not in ("GET", "HEAD", "OPTIONS", "DELETE", "TRACE"):
+        elif request.method not in BODYLESS_METHODS:
             headers["content-length"] = "0"
-        # A pooled connection the peer closed while idle fails on first use. Like aiohttp (and RFC 9112 9.3.1),
-        # an idempotent request without a body is retried once on a fresh connection to the same peer: it stays
-        # on the key's owner, and nothing the peer executed can be executed twice.
-        retry_stale = request.body is None and request.method in IDEMPOTENT
-        while True:
-            try:
-                resp = self._pool.urlopen(
-                    request.method,
-                    request.url_base + request.target,
-                    body=request.body,
-                    headers=headers,
-                    chunked=chunked,
-                    redirect=False,
-                    retries=False,
-                    preload_content=False,
-                    decode_content=False,
-                    assert_same_host=False,
-                )
-            except urllib3.exceptions.ConnectTimeoutError as exc:  # NewConnectionError is a subclass
-                raise ConnectFailed(str(exc)) from exc
-            except urllib3.exceptions.ReadTimeoutError as exc:
-                raise UpstreamTimeout(f"no response headers within {self.read_timeout}s") from exc
-            except urllib3.exceptions.ProtocolError as exc:
-                if retry_stale:
-                    retry_stale = False
-                    continue
-                raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
-            return _Urllib3Response(resp)
+        read_timeout = self.read_timeout
+        if request.read_timeout is not None and request.read_timeout < read_timeout:
+            read_timeout = max(request.read_timeout, 0.001)
+        try:
+            # The target goes to the peer's own pool as the request path: it can never choose another host.
+            resp = self._pool.connection_from_url(request.url_base).urlopen(
+                request.method,
+                request.target,
+                body=request.body,  # type: ignore[arg-type]  # a sync iterable: the WSGI adapter builds it
+                headers=headers,
+                chunked=chunked,
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                decode_content=False,
+                assert_same_host=False,
+                timeout=urllib3.Timeout(connect=self.connect_timeout, read=read_timeout),
+            )
+        except ClientGone:
+            raise
+        except urllib3.exceptions.ConnectTimeoutError as exc:  # NewConnectionError is a subclass
+            raise ConnectFailed(str(exc)) from exc
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise UpstreamTimeout(f"no response headers within {read_timeout}s") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if client_gone(exc):
+                raise ClientGone(str(exc)) from exc
+            raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
+        return _Urllib3Response(resp)
 
     def close(self) -> None:
         self._pool.clear()
+
+
+def _expiring(base: Any, keepalive: float) -> Any:
+    """A urllib3 pool class that closes connections idle for more than ``keepalive`` seconds before reusing them
+    (a closed urllib3 connection reconnects on its next request)."""
+
+    class ExpiringPool(base):  # type: ignore[misc]
+        def _get_conn(self, timeout: float | None = None) -> Any:
+            conn = super()._get_conn(timeout)
+            idle_since = getattr(conn, "_affinity_idle_since", None)
+            if idle_since is not None and time.monotonic() - idle_since > keepalive:
+                conn.close()
+            return conn
+
+        def _put_conn(self, conn: Any) -> None:
+            if conn is not None:
+                conn._affinity_idle_since = time.monotonic()
+            super()._put_conn(conn)
+
+    return ExpiringPool
 
 
 class _HttpxSyncResponse:
@@ -378,7 +451,7 @@ class HttpxSyncTransport:
         client: Any = None,
         *,
         pool_size: int = 100,
-        keepalive: float = 3.0,
+        keepalive: float = 1.5,
         connect_timeout: float = 1.0,
         read_timeout: float = 30.0,
     ) -> None:
@@ -394,7 +467,7 @@ class HttpxSyncTransport:
                     max_connections=None, max_keepalive_connections=pool_size, keepalive_expiry=keepalive
                 ),
             )
-        client.cookies = httpx.Cookies(http.cookiejar.CookieJar(policy=_BlockAllCookies()))
+        _proxy_safe(client)
         self.client = client
 
     def send(self, request: UpstreamRequest) -> SyncUpstreamResponse:
@@ -404,12 +477,14 @@ class HttpxSyncTransport:
             request.method, request.url_base + request.target, headers=_httpx_headers(request), content=request.body
         )
         try:
-            resp = self.client.send(req, stream=True, follow_redirects=False)
+            resp = self.client.send(req, stream=True, follow_redirects=False, auth=None)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise ConnectFailed(str(exc)) from exc
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(str(exc)) from exc
         except httpx.TransportError as exc:
+            if client_gone(exc):
+                raise ClientGone(str(exc)) from exc
             raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
         return _HttpxSyncResponse(resp)
 
@@ -424,6 +499,10 @@ def _httpx_headers(request: UpstreamRequest) -> Headers:
     if request.body is not None:
         if request.content_length is not None:
             headers.append((b"content-length", str(request.content_length).encode()))
-    elif request.method not in ("GET", "HEAD", "OPTIONS", "DELETE", "TRACE"):
+    elif request.method not in BODYLESS_METHODS:
         headers.append((b"content-length", b"0"))
     return headers
+
+
+# Methods whose requests carry no body by convention: a forward of one without a body sends no Content-Length.
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})

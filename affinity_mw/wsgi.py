@@ -9,12 +9,17 @@ peer connection back to the pool, or discards it if the client went away mid-bod
 from __future__ import annotations
 
 import http
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from .core import DRAINING, NO_KEY_REJECTED, SERVED_BY_HEADER, AffinityCore
 from .forward import (
-    CANNOT_REACH,
+    BAD_TARGET,
+    POOL_EXHAUSTED,
+    ClientGone,
     ForwardError,
     Headers,
     SyncTransport,
@@ -23,6 +28,7 @@ from .forward import (
     bodiless,
     body_framing,
 )
+from .hop import HopMarker
 from .request import RequestView
 from .router import FORWARD, LOCAL, Decision
 from .transports import HttpxSyncTransport, Urllib3Transport
@@ -71,6 +77,7 @@ class AffinityWSGIMiddleware:
         elif hasattr(transport, "build_request"):  # an httpx.Client
             transport = HttpxSyncTransport(transport, **core.transport_options())
         self.transport: SyncTransport = transport
+        self.slots = _PeerSlots(core.settings.pool_size, core.settings.pool_timeout)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         prefixes = self.core.internal_prefixes
@@ -84,38 +91,27 @@ class AffinityWSGIMiddleware:
             )
             if answer is not None:
                 return _plain(start_response, *answer)
-        headers = environ_headers(environ)
-        remote = environ.get("REMOTE_ADDR") or None
-        view = RequestView(
-            environ.get("REQUEST_METHOD", "GET"),
-            environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace"),
-            environ.get("QUERY_STRING", "").encode("latin-1"),
-            headers,
-            remote,
-            environ.get("wsgi.url_scheme", "http"),
-        )
         hop = environ.get(_HOP_ENV)
-        decision = self.router.decide(view, hop.encode("latin-1") if hop is not None else None)
+        marker = self.router.check_marker(hop.encode("latin-1")) if hop is not None else None
+        if marker is not None or any(key.startswith(_INTERNAL_ENV) for key in environ):
+            # Strip our headers, and on a hop show the request as the first node saw it: the key is then
+            # extracted from the same request on both nodes (an `ip` key included).
+            environ = _restore(environ, marker)
+        view = _EnvironView(environ)
+        decision = self.router.decide(view, marker)
         if decision.action == LOCAL:
             return self._serve_local(environ, start_response, decision)
         if decision.action == FORWARD:
-            return self._forward(environ, start_response, decision, headers)
+            return self._forward(environ, start_response, decision, view.headers)
         return _plain(start_response, *NO_KEY_REJECTED)
 
     def _serve_local(self, environ: Environ, start_response: StartResponse, decision: Decision) -> Iterable[bytes]:
-        marker = decision.marker
-        if marker is not None or any(key.startswith(_INTERNAL_ENV) for key in environ):
-            environ = _restore(environ, marker.added if marker else "")
-            if marker is not None:
-                if marker.client_host:
-                    environ["REMOTE_ADDR"] = marker.client_host
-                    environ["REMOTE_PORT"] = str(marker.client_port)
-                environ["wsgi.url_scheme"] = marker.scheme
         environ[DECISION_KEY] = decision
-        decision.served_by = self.core.self_id
-        if self.core.debug_headers or self.core.draining:
-            raw = self.core.debug_headers_for(decision) if self.core.debug_headers else []
-            if self.core.draining:
+        core = self.core
+        decision.served_by = core.self_id
+        if core.debug_headers or core.draining:
+            raw = core.debug_headers_for(decision) if core.debug_headers else []
+            if core.draining:
                 raw.append(DRAINING)
             extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
 
@@ -129,35 +125,64 @@ class AffinityWSGIMiddleware:
         self, environ: Environ, start_response: StartResponse, decision: Decision, headers: Headers
     ) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
-        content_length = body_framing(headers)
-        body = _RequestBody(environ["wsgi.input"], content_length) if content_length != 0 else None
         target = environ.get("RAW_URI") or environ.get("REQUEST_URI")
         if not target:
-            target = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+            path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+            target = quote(path.encode("latin-1"), safe="/%:@!$&'()*+,;=~")
             if environ.get("QUERY_STRING"):
                 target += "?" + environ["QUERY_STRING"]
+        if not target.startswith("/"):
+            # Only origin-form targets are forwarded: "http://x/..." or "@host/..." must never choose the host.
+            if method == "OPTIONS" and target == "*":
+                return self._serve_local(environ, start_response, decision)
+            return _plain(start_response, *BAD_TARGET)
+        content_length = body_framing(headers)
+        body = _RequestBody(environ["wsgi.input"], content_length) if content_length != 0 else None
         remote = environ.get("REMOTE_ADDR")
         client = (remote, int(environ.get("REMOTE_PORT") or 0)) if remote else None
-        plan = self.core.plan(decision, headers, client, environ.get("wsgi.url_scheme", "http"))
-        for node, upstream_headers in plan.attempts():
-            request = UpstreamRequest(
-                method, node.address, target, upstream_headers, body.stream() if body else None, content_length
-            )
-            try:
-                response = self.transport.send(request)
-            except ForwardError as exc:
-                verdict = plan.failed(node, exc, method, body is not None and body.started)
-                if verdict is None:
-                    continue
-                return _plain(start_response, *verdict)
-            response.headers = plan.answered(node, response.status, response.headers)
-            return self._relay(response, start_response, decision, bodiless(method, response.status))
+        with self.core.plan(decision, headers, client, environ.get("wsgi.url_scheme", "http")) as plan:
+            for node, upstream_headers in plan.attempts():
+                request = UpstreamRequest(
+                    method,
+                    node.address,
+                    target,
+                    upstream_headers,
+                    body.stream() if body else None,
+                    content_length,
+                    min(self.core.settings.read_timeout, plan.remaining()),
+                )
+                slot = self.slots.acquire(node.id)
+                if slot is None:
+                    return _plain(start_response, *POOL_EXHAUSTED, extra=[("Retry-After", "1")])
+                try:
+                    response = self.transport.send(request)
+                except ClientGone:
+                    slot.release()
+                    return []  # the client left mid-upload: nobody to answer, not the peer's fault
+                except ForwardError as exc:
+                    slot.release()
+                    verdict = plan.failed(node, exc, method, body is not None and body.started)
+                    if verdict is None:
+                        if plan.backoff:
+                            time.sleep(plan.backoff)
+                        continue
+                    return _plain(start_response, *verdict)
+                except BaseException:
+                    slot.release()
+                    raise
+                response.headers = plan.answered(node, response.status, response.headers)
+                return self._relay(response, start_response, decision, bodiless(method, response.status), slot)
         if self.router.serve_after_failover(decision, self.core.fallback_local):
             return self._serve_local(environ, start_response, decision)
-        return _plain(start_response, *CANNOT_REACH)
+        return _plain(start_response, *plan.exhausted())
 
     def _relay(
-        self, response: SyncUpstreamResponse, start_response: StartResponse, decision: Decision, no_body: bool
+        self,
+        response: SyncUpstreamResponse,
+        start_response: StartResponse,
+        decision: Decision,
+        no_body: bool,
+        slot: threading.BoundedSemaphore,
     ) -> Iterable[bytes]:
         headers = response.headers
         if self.core.debug_headers and not any(name == SERVED_BY_HEADER for name, _ in headers):
@@ -169,25 +194,28 @@ class AffinityWSGIMiddleware:
             )
         except BaseException:
             response.close(reusable=False)
+            slot.release()
             raise
         length = None
         if not no_body:
             for name, value in headers:
                 if name == b"content-length":
                     length = int(value)
-        return _Relay(response, length)
+        return _Relay(response, length, slot)
 
 
 class _Relay:
     """The peer's body as a WSGI iterable. The server calls ``close()`` whether the body was sent in full or the
-    client went away; only a fully relayed response returns its connection to the pool."""
+    client went away; only a fully relayed response returns its connection to the pool, and the peer slot is
+    released either way."""
 
-    __slots__ = ("_length", "_response", "_reusable")
+    __slots__ = ("_length", "_response", "_reusable", "_slot")
 
-    def __init__(self, response: SyncUpstreamResponse, length: int | None) -> None:
+    def __init__(self, response: SyncUpstreamResponse, length: int | None, slot: threading.BoundedSemaphore) -> None:
         self._response = response
         self._length = length
         self._reusable = False
+        self._slot: threading.BoundedSemaphore | None = slot
 
     def __iter__(self) -> Iterator[bytes]:
         sent = 0
@@ -200,7 +228,64 @@ class _Relay:
         self._reusable = True
 
     def close(self) -> None:
-        self._response.close(reusable=self._reusable)
+        slot, self._slot = self._slot, None
+        try:
+            self._response.close(reusable=self._reusable)
+        finally:
+            if slot is not None:
+                slot.release()
+
+
+class _PeerSlots:
+    """At most ``size`` forwards in flight to each peer from this worker process; a forward waits at most
+    ``timeout`` seconds for a slot, then is answered 503 with Retry-After instead of queueing without bound."""
+
+    def __init__(self, size: int, timeout: float) -> None:
+        self.size = size
+        self.timeout = timeout
+        self._semaphores: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, node_id: str) -> threading.BoundedSemaphore | None:
+        semaphore = self._semaphores.get(node_id)
+        if semaphore is None:
+            with self._lock:
+                semaphore = self._semaphores.setdefault(node_id, threading.BoundedSemaphore(self.size))
+        return semaphore if semaphore.acquire(timeout=self.timeout) else None
+
+
+class _EnvironView(RequestView):
+    """A :class:`RequestView` over a WSGI environ that looks headers up where WSGI keeps them
+    (``HTTP_X_TENANT``), building the full header list only if something asks for it."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Environ) -> None:
+        super().__init__(
+            environ.get("REQUEST_METHOD", "GET"),
+            environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace"),
+            environ.get("QUERY_STRING", "").encode("latin-1"),
+            None,  # type: ignore[arg-type]
+            environ.get("REMOTE_ADDR") or None,
+            environ.get("wsgi.url_scheme", "http"),
+        )
+        self._environ = environ
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = environ_headers(self._environ)
+        return self._headers  # type: ignore[return-value]
+
+    def first(self, name: bytes) -> bytes | None:
+        key = _ENVIRON_KEYS.get(name)
+        if key is None:
+            key = _ENVIRON_KEYS[name] = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        value = self._environ.get(key)
+        return None if value is None else value.encode("latin-1")
+
+
+_ENVIRON_KEYS: dict[bytes, str] = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
 
 
 class _RequestBody:
@@ -219,17 +304,20 @@ class _RequestBody:
             raise ForwardError("the request body was already sent once")
         self.started = True
         read = self.stream_in.read
-        if self.length is None:  # chunked: the server decodes it and signals the end with b""
-            while chunk := read(65536):
+        try:
+            if self.length is None:  # chunked: the server decodes it and signals the end with b""
+                while chunk := read(65536):
+                    yield chunk
+                return
+            remaining = self.length
+            while remaining > 0:
+                chunk = read(min(65536, remaining))
+                if not chunk:
+                    raise ClientGone("client closed the connection before sending the whole body")
+                remaining -= len(chunk)
                 yield chunk
-            return
-        remaining = self.length
-        while remaining > 0:
-            chunk = read(min(65536, remaining))
-            if not chunk:
-                raise ForwardError("client closed the connection before sending the whole body")
-            remaining -= len(chunk)
-            yield chunk
+        except OSError as exc:  # the server's input stream fails when the client disconnects mid-upload
+            raise ClientGone(str(exc)) from exc
 
 
 def environ_headers(environ: Environ) -> Headers:
@@ -251,9 +339,13 @@ def environ_headers(environ: Environ) -> Headers:
     return headers
 
 
-def _restore(environ: Environ, added: str) -> Environ:
-    """A copy of ``environ`` without our internal headers and without the X-Forwarded-* values we added."""
+def _restore(environ: Environ, marker: HopMarker | None) -> Environ:
+    """A copy of ``environ`` without our internal headers; on a hop, also as the first node saw it: the client
+    address and scheme from the signed marker, without the X-Forwarded-* values the forwarder added."""
     environ = {k: v for k, v in environ.items() if not k.startswith(_INTERNAL_ENV)}
+    if marker is None:
+        return environ
+    added = marker.added
     if "p" in added:
         environ.pop("HTTP_X_FORWARDED_PROTO", None)
     if "h" in added:
@@ -264,6 +356,10 @@ def _restore(environ: Environ, added: str) -> Environ:
             environ["HTTP_X_FORWARDED_FOR"] = head.rstrip()
         else:
             del environ["HTTP_X_FORWARDED_FOR"]
+    if marker.client_host:
+        environ["REMOTE_ADDR"] = marker.client_host
+        environ["REMOTE_PORT"] = str(marker.client_port)
+    environ["wsgi.url_scheme"] = marker.scheme
     return environ
 
 
@@ -275,7 +371,12 @@ def _phrase(status: int) -> str:
 
 
 def _plain(
-    start_response: StartResponse, status: int, text: bytes, content_type: str = "text/plain; charset=utf-8"
+    start_response: StartResponse,
+    status: int,
+    text: bytes,
+    content_type: str = "text/plain; charset=utf-8",
+    extra: list[tuple[str, str]] | None = None,
 ) -> list[bytes]:
-    start_response(f"{status} {_phrase(status)}", [("Content-Type", content_type), ("Content-Length", str(len(text)))])
+    headers = [("Content-Type", content_type), ("Content-Length", str(len(text))), *(extra or ())]
+    start_response(f"{status} {_phrase(status)}", headers)
     return [text]

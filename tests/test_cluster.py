@@ -276,16 +276,6 @@ def test_forged_hop_marker_does_not_stop_forwarding(cluster: Cluster, client: ht
     assert r.json()["decision"]["sender"] == cluster.urls[0]
 
 
-def test_marker_for_another_key_is_not_honoured(cluster: Cluster, client: httpx.Client) -> None:
-    tenant = tenant_not_owned_by(cluster, cluster.urls[0])
-    replayed = HopSigner(SECRET).sign(sender=cluster.urls[1], key_hash=hash_key("other-tenant"), ring_checksum="x")
-    r = client.get(
-        f"{cluster.urls[0]}/probe/{tenant}/echo",
-        headers={"X-Tenant": tenant, "X-Affinity-Hop": replayed.decode()},
-    )
-    assert r.json()["node"] == owner(cluster, tenant)
-
-
 def test_valid_marker_is_served_where_it_lands(cluster: Cluster, client: httpx.Client) -> None:
     # A genuine marker (signed with the cluster secret) makes the receiving node serve even a key it does not own.
     tenant = tenant_not_owned_by(cluster, cluster.urls[0])

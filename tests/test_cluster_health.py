@@ -9,10 +9,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cluster import Cluster, ServerNode
+from cluster import SECRET, Cluster, ServerNode
 from load import Load
 
 from affinity_mw import StaticMembership, hash_key
+from affinity_mw.introspect import AUTH_HEADER, sign_request
 
 KEYS = [f"k{i}" for i in range(100)]
 STACKS = {
@@ -96,7 +97,9 @@ def test_rolling_restart_with_draining_fails_no_request(tmp_path: Path, stack: s
 def restart_with_draining(node: ServerNode, load: Load) -> None:
     """What a Kubernetes preStop hook plus SIGTERM do: drain, let peers and the load balancer notice, stop,
     start again, become ready."""
-    r = httpx.post(f"{node.url}/_affinity/health/drain", trust_env=False, timeout=5)
+    r = httpx.post(
+        f"{node.url}/_affinity/health/drain", headers={AUTH_HEADER: sign_request(SECRET)}, trust_env=False, timeout=5
+    )
     assert r.status_code == 200
     assert httpx.get(f"{node.url}/_affinity/health", trust_env=False).status_code == 503
     load.ready(node.url, False)
@@ -115,7 +118,8 @@ def test_membership_skew_is_counted_and_visible_with_one_hop(tmp_path: Path) -> 
     c.nodes[1].env["AFFINITY_PEERS"] = ",".join(u[:2])  # node 2 has not seen node 3 yet
     c.nodes[2].env["AFFINITY_PEERS"] = ",".join(u)
     with c:
-        health = [httpx.get(f"{url}/_affinity/health", trust_env=False).json() for url in u]
+        signed = {AUTH_HEADER: sign_request(SECRET)}
+        health = [httpx.get(f"{url}/_affinity/health", headers=signed, trust_env=False).json() for url in u]
         assert health[0]["ring_checksum"] == health[2]["ring_checksum"] != health[1]["ring_checksum"]
         ring_all = StaticMembership(u).ring
         skewed = 0
@@ -129,6 +133,6 @@ def test_membership_skew_is_counted_and_visible_with_one_hop(tmp_path: Path) -> 
                 assert body["decision"]["ring_skew"] is True
                 skewed += 1
         assert skewed > 0
-        counters = httpx.get(f"{u[1]}/_affinity/health", trust_env=False).json()["counters"]
+        counters = httpx.get(f"{u[1]}/_affinity/health", headers=signed, trust_env=False).json()["counters"]
         assert counters["ring_skew"] == skewed
         assert counters["hop"] == skewed

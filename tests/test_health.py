@@ -7,6 +7,7 @@ import json
 from affinity_mw import keys
 from affinity_mw.core import AffinityCore
 from affinity_mw.health import PeerHealth
+from affinity_mw.introspect import AUTH_HEADER, sign_request
 from affinity_mw.membership import StaticMembership
 from affinity_mw.request import RequestView
 from affinity_mw.ring import hash_key
@@ -46,6 +47,18 @@ def test_ejected_after_consecutive_failures_with_growing_time() -> None:
         health.failure("a")
     clock.now += 25.1
     assert health.usable("a"), "ejection time is capped"
+
+
+def test_fast_path_returns_when_ejections_expire_and_streak_restarts() -> None:
+    clock = Clock()
+    health = PeerHealth(eject_after=2, base=10, clock=clock)
+    health.failure("a")
+    health.failure("a")
+    assert health.any_ejected
+    clock.now += 10.1
+    assert health.usable("b") and not health.any_ejected, "no read of ejected() needed to leave the slow path"
+    health.failure("a")
+    assert health.usable("a"), "one failure after re-admission is a new streak, not an instant re-ejection"
 
 
 def test_draining_is_set_aside_at_once_and_readmit_clears() -> None:
@@ -100,19 +113,27 @@ def core(**options: object) -> AffinityCore:
     )
 
 
-def test_health_path_and_drain_from_loopback_only() -> None:
+def test_health_path_details_only_for_the_allowed_and_drain_only_when_signed() -> None:
     c = core()
+    signed = {AUTH_HEADER: sign_request("health-test-secret-0123456789")}
     status, body, _ = c.internal_response("GET", "/_affinity/health", "10.0.0.1")  # type: ignore[misc]
+    assert status == 200 and json.loads(body) == {"status": "ok"}, "the public sees the status, not the members"
+    status, body, _ = c.internal_response("GET", "/_affinity/health", "10.0.0.1", "", signed.get)  # type: ignore[misc]
     data = json.loads(body)
-    assert status == 200 and data["status"] == "ok" and data["node"] == URLS[0] and data["members"] == URLS
+    assert data["status"] == "ok" and data["node"] == URLS[0] and data["members"] == URLS
     assert data["ring_checksum"] == c.membership.ring.checksum
-    assert c.internal_response("POST", "/_affinity/health/drain", "10.0.0.1")[0] == 403  # type: ignore[index]
+    # Loopback proves nothing (a sidecar or local proxy puts every client there): drain must be signed.
+    assert c.internal_response("POST", "/_affinity/health/drain", "127.0.0.1")[0] == 403  # type: ignore[index]
+    forged = {AUTH_HEADER: sign_request("not-the-cluster-secret-0123")}
+    assert c.internal_response("POST", "/_affinity/health/drain", "::1", "", forged.get)[0] == 403  # type: ignore[index]
     assert c.internal_response("GET", "/_affinity/health/drain", "127.0.0.1")[0] == 405  # type: ignore[index]
     assert not c.draining
-    assert c.internal_response("POST", "/_affinity/health/drain", "::1")[0] == 200  # type: ignore[index]
+    assert c.internal_response("POST", "/_affinity/health/drain", "10.9.9.9", "", signed.get)[0] == 200  # type: ignore[index]
     assert c.draining
     status, body, _ = c.internal_response("GET", "/_affinity/health", "10.0.0.1")  # type: ignore[misc]
     assert status == 503 and json.loads(body)["status"] == "draining"
+    assert c.internal_response("DELETE", "/_affinity/health/drain", None, "", signed.get)[0] == 200  # type: ignore[index]
+    assert not c.draining
     assert c.internal_response("GET", "/_affinity/healthy", None) is None
     assert c.internal_response("GET", "/app", None) is None
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from itsdangerous import TimestampSigner
+from itsdangerous import Signer, TimestampSigner
 
 from affinity_mw.hop import HopSigner
 
@@ -54,17 +54,36 @@ def test_tampered_payload_rejected() -> None:
     assert HopSigner(SECRET).verify(token.replace("|1|", "|2|", 1)) is None
 
 
-def test_stale_marker_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
-    signer = HopSigner(SECRET, max_age=5)
+def test_stale_and_far_future_markers_rejected_small_skew_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    signer = HopSigner(SECRET, max_age=5, max_skew=2)
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now)
     token = signer.sign(sender="s", key_hash=1, ring_checksum="c")
-    monkeypatch.setattr(time, "time", lambda: time.monotonic() + 1e10)
-    assert signer.verify(token) is None
+    monkeypatch.setattr(time, "time", lambda: now + 5.5)
+    assert signer.verify(token) is None, "older than max_age"
+    monkeypatch.setattr(time, "time", lambda: now + 4.9)
+    assert signer.verify(token) is not None
+    # A receiver whose clock is behind the sender's: milliseconds (even across a second boundary) pass.
+    monkeypatch.setattr(time, "time", lambda: now - 0.005)
+    assert signer.verify(token) is not None
+    monkeypatch.setattr(time, "time", lambda: now - 1.9)
+    assert signer.verify(token) is not None
+    monkeypatch.setattr(time, "time", lambda: now - 2.1)
+    assert signer.verify(token) is None, "too far in the future"
+
+
+def test_fields_a_client_can_influence_cannot_break_the_format() -> None:
+    signer = HopSigner(SECRET)
+    token = signer.sign(sender="s", key_hash=1, ring_checksum="c", client=("1.2.3.4|x%7C", 1), scheme="ht|tp")
+    marker = signer.verify(token)
+    assert marker is not None and marker.client_host == "1.2.3.4|x%7C" and marker.scheme == "ht|tp"
 
 
 def test_token_of_same_secret_for_another_purpose_is_rejected() -> None:
     # Same secret, default itsdangerous salt: a token minted for something else must not pass as a marker.
-    other = TimestampSigner(SECRET).sign("s|0000000000000001|c|1|||http|")
-    assert HopSigner(SECRET).verify(other) is None
+    payload = f"{int(time.time() * 1000):x}|s|0000000000000001|c|1|||http|"
+    assert HopSigner(SECRET).verify(Signer(SECRET).sign(payload)) is None
+    assert HopSigner(SECRET).verify(TimestampSigner(SECRET).sign(payload)) is None
 
 
 def test_construction_errors() -> None:
@@ -72,5 +91,3 @@ def test_construction_errors() -> None:
         HopSigner([])
     with pytest.raises(ValueError, match="max_age"):
         HopSigner(SECRET, max_age=0)
-    with pytest.raises(ValueError, match="must not contain"):
-        HopSigner(SECRET).sign(sender="a|b", key_hash=1, ring_checksum="c")

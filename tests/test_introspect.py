@@ -74,7 +74,11 @@ def test_html_page_for_browsers_is_self_contained() -> None:
     status, body, ctype = ask(c, headers={"Accept": "text/html,application/xhtml+xml"})
     page = body.decode()
     assert status == 200 and ctype.startswith("text/html")
-    assert "http://" not in page.replace(URLS[0], "").replace(URLS[1], "").replace(URLS[2], "")
+    # No external assets: no scripts, styles, fonts or images fetched from anywhere.
+    for asset in ("src=", "<link", "@import", "url(", "https://"):
+        assert asset not in page
+    rest = page.replace(URLS[0], "").replace(URLS[1], "").replace(URLS[2], "").replace("http://www.w3.org/2000/svg", "")
+    assert "http://" not in rest
     for url in URLS:
         assert url in page
     # Nothing in the data can close the script element it is embedded in.

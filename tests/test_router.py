@@ -66,17 +66,22 @@ def test_failing_custom_extractor_is_no_key() -> None:
     assert r.decide(view("t")).reason == "no-key"
 
 
-def test_valid_marker_served_here_only_for_its_key() -> None:
+def test_authentic_marker_is_always_served_here_forged_ones_are_not() -> None:
     r = router()
     tenant = tenants_owned_by(URLS[1])[0]
-    good = SIGNER.sign(sender=URLS[2], key_hash=hash_key(tenant), ring_checksum="c")
+    good = r.check_marker(SIGNER.sign(sender=URLS[2], key_hash=hash_key(tenant), ring_checksum="c"))
     d = r.decide(view(tenant), good)
     assert (d.action, d.reason, d.hops) == ("local", "hop", 1)
-    other = SIGNER.sign(sender=URLS[2], key_hash=hash_key("other"), ring_checksum="c")
-    assert r.decide(view(tenant), other).action == "forward"
+    assert r.counters["misroute"] == 1 and r.counters["ring_skew"] == 1
+    # A genuine marker for another key (nodes disagreeing on key settings, or a replay) is still served here:
+    # re-routing it is how two nodes could bounce a request forever. The mismatch is counted.
+    other = r.check_marker(SIGNER.sign(sender=URLS[2], key_hash=hash_key("other"), ring_checksum="c"))
+    assert r.decide(view(tenant), other).action == "local"
+    assert r.counters["marker_key_mismatch"] == 1
     forged = HopSigner("another-secret-0123456789").sign(sender=URLS[2], key_hash=hash_key(tenant), ring_checksum="c")
-    assert r.decide(view(tenant), forged).action == "forward"
-    assert r.decide(view(tenant), b"garbage").action == "forward"
+    assert r.check_marker(forged) is None and r.check_marker(b"garbage") is None
+    assert r.counters["invalid_marker"] == 2
+    assert r.decide(view(tenant), None).action == "forward"
 
 
 def test_non_member_forwards_everything_and_single_node_serves_all() -> None:
