@@ -193,9 +193,11 @@ class AffinityMiddleware:
                 try:
                     try:
                         response = await self.transport.send(request)
+                    except ClientGone:
+                        return  # the client left mid-upload: nobody to answer, and not the peer's fault
                     except ForwardError as exc:
                         if body is not None and body.gone:
-                            return  # the client left mid-upload: nobody to answer, not the peer's fault
+                            return
                         verdict = plan.failed(node, exc, method, body is not None and body.started)
                         if verdict is None:
                             if plan.backoff:

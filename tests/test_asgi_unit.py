@@ -252,3 +252,129 @@ def test_short_body_against_content_length_aborts() -> None:
 def test_reject_policy() -> None:
     _, sent = call(middleware(no_key="reject"), None)
     assert sent[0]["status"] == 400
+
+
+def call_target(mw: AffinityMiddleware, tenant: str, raw_path: bytes, method: str = "GET") -> list[dict[str, Any]]:
+    scope: dict[str, Any] = {
+        "type": "http", "method": method, "path": raw_path.decode(), "raw_path": raw_path, "query_string": b"",
+        "headers": [(b"x-tenant", tenant.encode())], "client": ("10.9.9.9", 1), "scheme": "http",
+    }  # fmt: skip
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(mw(scope, receive, send))
+    return sent
+
+
+@pytest.mark.parametrize("target", [b"@127.0.0.50:9999/x", b"http://evil.example/x", b"evil:80/x", b"*"])
+def test_only_origin_form_targets_are_forwarded(target: bytes) -> None:
+    tenant = owned_by(URLS[1])
+    transport = ScriptedTransport(Response())
+    sent = call_target(middleware(transport), tenant, target)
+    assert transport.requests == [], "nothing may be sent when the client picks the host"
+    assert sent[0]["status"] == 400
+
+
+def test_options_star_is_answered_locally() -> None:
+    tenant = owned_by(URLS[1])
+    transport = ScriptedTransport(Response())
+    sent = call_target(middleware(transport), tenant, b"*", method="OPTIONS")
+    assert transport.requests == [] and sent[1]["body"] == b"local:"
+
+
+def test_client_abort_is_not_a_peer_failure() -> None:
+    from affinity_mw.forward import ClientGone
+
+    tenant = owned_by(URLS[1])
+    mw = middleware(ScriptedTransport(*[ClientGone("left")] * 10), eject_after=1)
+    for _ in range(3):
+        _, sent = call(mw, tenant, "POST", b"abc")
+        assert sent == [], "nobody is there to answer"
+    assert mw.core.health.usable(URLS[1]), "a client leaving says nothing about the peer"
+
+
+def test_unrelayable_response_is_final_and_not_retried() -> None:
+    from affinity_mw.forward import BadResponse
+
+    tenant = tenant_where(lambda order: order[0] == URLS[1] and order[1] == URLS[2])
+    transport = ScriptedTransport(BadResponse("header too large"), Response())
+    _, sent = call(middleware(transport), tenant)
+    assert sent[0]["status"] == 502 and len(transport.requests) == 1
+
+
+def test_app_500_does_not_eject_but_gateway_errors_do() -> None:
+    tenant = owned_by(URLS[1])
+    mw = middleware(ScriptedTransport(*[Response(500)] * 3), eject_after=2)
+    for _ in range(3):
+        call(mw, tenant)
+    assert mw.core.health.usable(URLS[1])
+    mw = middleware(ScriptedTransport(*[Response(503)] * 2), eject_after=2)
+    for _ in range(2):
+        call(mw, tenant)
+    assert not mw.core.health.usable(URLS[1])
+
+
+def test_pool_exhaustion_is_a_fast_503_with_retry_after() -> None:
+    tenant = owned_by(URLS[1])
+
+    class Slow(ScriptedTransport):
+        async def send(self, request: UpstreamRequest) -> Any:
+            self.requests.append(request)
+            await asyncio.sleep(0.5)
+            return Response()
+
+    mw = middleware(Slow(), pool_size=1, pool_timeout=0.05)
+
+    async def two_at_once() -> list[list[dict[str, Any]]]:
+        results: list[list[dict[str, Any]]] = [[], []]
+
+        async def one(i: int) -> None:
+            scope: dict[str, Any] = {
+                "type": "http", "method": "GET", "path": "/p", "raw_path": b"/p", "query_string": b"",
+                "headers": [(b"x-tenant", tenant.encode())], "client": ("10.9.9.9", 1), "scheme": "http",
+            }  # fmt: skip
+
+            async def receive() -> dict[str, Any]:
+                await asyncio.sleep(3600)
+                return {}
+
+            async def send(message: dict[str, Any]) -> None:
+                results[i].append(message)
+
+            await mw(scope, receive, send)
+
+        await asyncio.gather(one(0), one(1))
+        return results
+
+    first, second = asyncio.run(two_at_once())
+    statuses = sorted([first[0]["status"], second[0]["status"]])
+    assert statuses == [200, 503]
+    busy = first if first[0]["status"] == 503 else second
+    assert (b"retry-after", b"1") in busy[0]["headers"]
+
+
+def test_deadline_spent_is_504() -> None:
+    tenant = tenant_where(lambda order: order[0] == URLS[1] and order[1] == URLS[2])
+
+    class SlowRefusal(ScriptedTransport):
+        async def send(self, request: UpstreamRequest) -> Any:
+            self.requests.append(request)
+            await asyncio.sleep(0.15)
+            raise ConnectFailed("refused, slowly")
+
+    transport = SlowRefusal()
+    _, sent = call(middleware(transport, deadline=0.1, fallback="error", self_url=None), tenant)
+    assert sent[0]["status"] == 504 and len(transport.requests) == 1
+
+
+def test_retry_budget_caps_retries_under_load() -> None:
+    tenant = tenant_where(lambda order: order[0] == URLS[1] and order[1] == URLS[2])
+    mw = middleware(ScriptedTransport(SendFailed("reset"), Response()))
+    mw.core.inflight[:] = [10, 3]  # 10 forwards in flight, 3 of them retries: max(3, 20%) reached
+    _, sent = call(mw, tenant)
+    assert sent[0]["status"] == 502

@@ -377,3 +377,25 @@ def test_no_key_reject_policy_answers_400(tmp_path: Path, client: httpx.Client, 
         assert b"affinity key" in r.content
         r = client.get(f"{c.urls[0]}/probe/x/echo", headers={"X-Tenant": "t1"})
         assert r.status_code == 200
+
+
+def test_ip_key_routes_by_the_original_client_and_never_loops(tmp_path: Path, stack: str) -> None:
+    """With `ip` the key is the socket peer: after a hop the owner sees the forwarding node as its peer, so it
+    must restore the first node's view (from the signed marker) before routing, or it would route again."""
+    with make_cluster(tmp_path, stack, env={"AFFINITY_KEY": "ip"}) as c:
+        ring = StaticMembership(c.urls).ring
+        forwarded = 0
+        for i in range(10, 40):
+            source = f"127.0.0.{i}"
+            transport = httpx.HTTPTransport(local_address=source)
+            with httpx.Client(transport=transport, trust_env=False, timeout=10) as client:
+                entry = c.urls[i % 3]
+                r = client.get(f"{entry}/probe/any/echo")
+                body = r.json()
+                assert r.status_code == 200
+                assert body["node"] == ring.owner_of(source).id  # type: ignore[union-attr]
+                assert body["client"] == source
+                assert body["decision"]["key"] == source
+                assert body["decision"]["hops"] == (0 if body["node"] == entry else 1)
+                forwarded += body["decision"]["hops"]
+        assert forwarded > 5

@@ -94,7 +94,7 @@ def call(mw: AffinityWSGIMiddleware, tenant: str | None, method: str = "GET", bo
         data = b"".join(result)
     finally:
         getattr(result, "close", lambda: None)()
-    return status[0], status[1], data
+    return (status[0], status[1], data) if status else ("", [], data)
 
 
 def test_environ_headers_rebuilds_asgi_shape() -> None:
@@ -172,3 +172,43 @@ def test_head_response_is_not_short() -> None:
 
 def test_reject_policy() -> None:
     assert call(middleware(no_key="reject"), None)[0].startswith("400")
+
+
+@pytest.mark.parametrize("target", ["@127.0.0.50:9999/x", "http://evil.example/x", "*"])
+def test_only_origin_form_targets_are_forwarded(target: str) -> None:
+    tenant = tenant_where(lambda order: order[0] == URLS[1])
+    transport = ScriptedTransport(Response())
+    status, _, _ = call(middleware(transport), tenant, extra={"RAW_URI": target})
+    assert transport.requests == [] and status.startswith("400")
+
+
+def test_client_abort_is_not_a_peer_failure() -> None:
+    from affinity_mw.forward import ClientGone
+
+    tenant = tenant_where(lambda order: order[0] == URLS[1])
+    mw = middleware(ScriptedTransport(*[ClientGone("left")] * 5), eject_after=1)
+    for _ in range(3):
+        status, _, body = call(mw, tenant, "POST", b"abc")
+        assert (status, body) == ("", b""), "nobody is there to answer"
+    assert mw.core.health.usable(URLS[1])
+
+
+def test_pool_exhaustion_is_a_fast_503_and_slots_come_back() -> None:
+    tenant = tenant_where(lambda order: order[0] == URLS[1])
+    mw = middleware(ScriptedTransport(Response(), Response()), pool_size=1, pool_timeout=0.05)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/p", "REMOTE_ADDR": "10.9.9.9", "wsgi.url_scheme": "http",
+               "wsgi.input": io.BytesIO(), "HTTP_X_TENANT": tenant}  # fmt: skip
+    held = mw(dict(environ), lambda *a: None)  # a response still streaming holds the peer's only slot
+    status, headers, _ = call(mw, tenant)
+    assert status.startswith("503") and ("Retry-After", "1") in headers
+    held.close()  # type: ignore[attr-defined]
+    assert call(mw, tenant)[0].startswith("200"), "closing the relayed response released the slot"
+
+
+def test_environ_view_reads_headers_where_wsgi_keeps_them() -> None:
+    from affinity_mw.wsgi import _EnvironView
+
+    view = _EnvironView({"HTTP_X_TENANT": "acme", "CONTENT_TYPE": "text/plain", "REQUEST_METHOD": "POST"})
+    assert view.first(b"x-tenant") == b"acme" and view.header("Content-Type") == "text/plain"
+    assert view.first(b"x-missing") is None
+    assert (b"x-tenant", b"acme") in view.headers
