@@ -204,8 +204,8 @@ OPTIONS: tuple[Option, ...] = (
         "AFFINITY_HEALTH_PATH",
         "/_affinity/health",
         _str,
-        "Path the middleware answers itself: node status as JSON (503 while draining); `POST PATH/drain` from "
-        "loopback starts draining. Empty disables both.",
+        "Path the middleware answers itself: 200, or 503 while draining (details only for those allowed by "
+        "AFFINITY_INTROSPECTION); a signed `POST PATH/drain` (`affinity-mw drain`) starts draining. Empty disables.",
     ),
     Option(
         "introspection",

@@ -7,10 +7,14 @@ shown (``test_a_*_change_in_one_place_is_caught``) to fail when a name or a port
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
+import importlib.metadata
+import io
 import json
 import re
+import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from affinity_mw.cli import build_parser
 from affinity_mw.config import OPTIONS, ConfigurationError, Settings
 from affinity_mw.membership import membership_from_settings
 
@@ -251,6 +256,114 @@ def _probe_problems(probe: Doc | None, kind: str, path: str, port: int, port_nam
     return problems
 
 
+SEPARATORS = frozenset({";", "&&", "||", "|", "&"})
+REDIRECTION = re.compile(r"(?<![^\s;&|])\d*(?:&>>?|>>|>&|<&|>\||[<>])\s*[^\s;&|<>]+")  # 2>&1, >/dev/null ...
+
+
+def shell_commands(script: str) -> list[tuple[str, list[str]]]:
+    """The simple commands of a one-line shell script, each with the operator before it (";" for the first):
+    ``a && b; c`` is ``[(";", a), ("&&", b), (";", c)]``; redirections are left out. Enough for a preStop hook,
+    not a shell."""
+    script = script.replace("\\\n", " ").replace("\n", " ; ")
+    # Redirections outside quotes (the odd parts of the split are quoted strings).
+    parts = re.split(r"""('[^']*'|"(?:\\.|[^"\\])*")""", script)
+    script = "".join(part if n % 2 else REDIRECTION.sub(" ", part) for n, part in enumerate(parts))
+    lexer = shlex.shlex(script, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    commands: list[tuple[str, list[str]]] = []
+    op, argv = ";", []
+    for token in lexer:
+        if token in SEPARATORS:
+            if argv:
+                commands.append((op, argv))
+            op, argv = token, []
+        else:
+            argv.append(token)
+    if argv:
+        commands.append((op, argv))
+    return commands
+
+
+def _assignments(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``NAME=value`` words before a command, and the command."""
+    env: dict[str, str] = {}
+    while argv and re.fullmatch(r"[A-Za-z_]\w*=.*", argv[0]):
+        name, value = argv[0].split("=", 1)
+        env[name] = value
+        argv = argv[1:]
+    return env, argv
+
+
+def prestop_problems(container: Doc, env: dict[str, str], port: int) -> tuple[list[str], float | None]:
+    """The preStop hook drains this pod with ``affinity-mw drain http://127.0.0.1:PORT``, signed with the
+    container's AFFINITY_SECRET, then sleeps whether or not the drain call succeeded. Returns the problems and
+    the seconds it sleeps after the drain."""
+    command = [
+        str(word) for word in container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    ]
+    if not command:
+        return ["the container has no preStop exec hook"], None
+    shell = Path(command[0]).name in ("sh", "bash", "dash", "ash") and len(command) >= 3 and command[1] == "-c"
+    try:
+        commands = shell_commands(command[2] if shell else shlex.join(command))
+    except ValueError as exc:  # an unclosed quote
+        return [f"the preStop hook's script does not parse: {exc}"], None
+    expected = f"http://127.0.0.1:{port}"
+    problems: list[str] = []
+    drains = [
+        i
+        for i, (_, argv) in enumerate(commands)
+        if [Path(w).name for w in _assignments(argv)[1][:2]] == ["affinity-mw", "drain"]
+    ]
+    if len(drains) != 1:
+        problems.append(f"the preStop hook does not run `affinity-mw drain {expected}` (once)")
+    else:
+        assigned, argv = _assignments(commands[drains[0]][1])
+        try:
+            with contextlib.redirect_stderr(io.StringIO()) as errors:
+                args = build_parser().parse_args(argv[1:])
+        except SystemExit:
+            problems.append(f"the preStop hook's `{shlex.join(argv)}` is not a valid command: {errors.getvalue()}")
+        else:
+            # The URL as the command resolves it: a default counts as written.
+            if args.url.rstrip("/") != expected:
+                problems.append(f"the preStop hook drains {args.url}, not this pod at {expected}")
+            if args.undo:
+                problems.append("the preStop hook undoes a drain (--undo) instead of draining")
+            if args.secret is not None:
+                problems.append("the preStop hook passes --secret: the drain must be signed with AFFINITY_SECRET")
+        # The command reads AFFINITY_SECRET and AFFINITY_HEALTH_PATH from its environment: the container's.
+        hook_env = {**env, **assigned}
+        if not hook_env.get("AFFINITY_SECRET"):
+            problems.append("the container env has no AFFINITY_SECRET, so `affinity-mw drain` cannot sign the drain")
+        elif hook_env["AFFINITY_SECRET"] != env.get("AFFINITY_SECRET"):
+            problems.append("the preStop hook overrides AFFINITY_SECRET: it must sign with the server's secret")
+        if health_path(hook_env) != health_path(env):
+            problems.append(
+                f"the preStop hook drains under {health_path(hook_env)!r}, the server's health path is "
+                f"{health_path(env)!r}"
+            )
+    start = drains[0] if drains else -1
+    sleeps = [i for i, (_, argv) in enumerate(commands) if i > start and argv[:1] == ["sleep"]]
+    if not sleeps:
+        problems.append("the preStop hook does not sleep after draining")
+        return problems, None
+    total = 0.0
+    for i in sleeps:
+        # After ";" a command runs whatever came before it; after "&&" or "||" only on success or failure.
+        if commands[i][0] != ";":
+            problems.append(
+                f"the preStop hook's sleep runs only after {commands[i][0]!r}: use ';', so it waits even if the drain "
+                "call fails"
+            )
+        for word in commands[i][1][1:]:
+            try:
+                total += parse_duration(word if word[-1:].isalpha() else word + "s")
+            except AssertionError:
+                problems.append(f"the preStop hook sleeps {word!r}: not a duration")
+    return problems, total
+
+
 def _selects(selector: dict[str, str] | None, labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in (selector or {}).items())
 
@@ -358,28 +471,19 @@ def kubernetes_problems(cluster: Cluster, image: Image) -> list[str]:
     readiness = container.get("readinessProbe")
     problems += _probe_problems(readiness, "readinessProbe", path, port, port_name)
     problems += _probe_problems(container.get("livenessProbe"), "livenessProbe", path, port, port_name)
-    command = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
-    hook = " ".join(command)
-    drain = re.search(r"http://127\.0\.0\.1:(\d+)(/[^'\"\s]*)", hook)
-    if drain is None or "POST" not in hook:
-        problems.append("the preStop hook does not POST to http://127.0.0.1:PORT/...")
-    elif (int(drain[1]), drain[2]) != (port, path + "/drain"):
-        problems.append(f"the preStop hook POSTs to {drain[0]}, not http://127.0.0.1:{port}{path}/drain")
-    sleeps = re.findall(r"\bsleep\s+(\d+)\b", hook)
-    sleep = int(sleeps[-1]) if sleeps else None
+    hook_problems, sleep = prestop_problems(container, env, port)
+    problems += hook_problems
     grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
-    if sleep is None:
-        problems.append("the preStop hook does not sleep after draining")
-    else:
+    if sleep is not None:
         probe_time = (readiness or {}).get("periodSeconds", 10) * (readiness or {}).get("failureThreshold", 3)
         if sleep <= probe_time:
-            problems.append(f"the preStop sleep ({sleep}s) ends before readiness can fail ({probe_time}s)")
+            problems.append(f"the preStop sleep ({sleep:g}s) ends before readiness can fail ({probe_time}s)")
         if grace <= sleep:
-            problems.append(f"terminationGracePeriodSeconds {grace} is not above the preStop sleep {sleep}")
+            problems.append(f"terminationGracePeriodSeconds {grace} is not above the preStop sleep {sleep:g}")
         elif image.graceful_timeout is not None and grace < sleep + image.graceful_timeout:
             problems.append(
                 f"terminationGracePeriodSeconds {grace} leaves in-flight requests less than uvicorn's "
-                f"{image.graceful_timeout}s after the {sleep}s preStop sleep"
+                f"{image.graceful_timeout}s after the {sleep:g}s preStop sleep"
             )
     problems += settings_problems(env, "kubernetes")
     return problems
@@ -416,6 +520,17 @@ def test_dockerfile_serves_one_port() -> None:
     image = load_image()
     assert image.exposed == {image.port}
     assert "--workers" not in DOCKERFILE.read_text().split("CMD", 1)[-1], "draining is per process: one per container"
+
+
+def test_the_image_installs_the_drain_command() -> None:
+    """The preStop hook runs ``affinity-mw drain``: the console script of the package the Dockerfile installs."""
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^COPY affinity_mw\b", text, re.M), "the Dockerfile does not copy the package"
+    assert re.search(r"""^RUN pip install\b.*\s["']?\.(\[[\w,]+\])?["']?(\s|$)""", text, re.M), (
+        "the Dockerfile does not pip install the package from the repository"
+    )
+    (script,) = importlib.metadata.entry_points(group="console_scripts", name="affinity-mw")
+    assert script.value == "affinity_mw.cli:main"
 
 
 def test_compose_is_consistent() -> None:
@@ -457,6 +572,11 @@ def _client_service(cluster: Cluster) -> Doc:
     return cluster.one("Service", lambda d: d["spec"].get("clusterIP") != "None")
 
 
+def _replace_env(cluster: Cluster, entry: Doc) -> None:
+    env = cluster.container["env"]
+    env[env.index(_env_entry(cluster, entry["name"]))] = entry
+
+
 def _set_hook(cluster: Cluster, old: str, new: str) -> None:
     command = cluster.container["lifecycle"]["preStop"]["exec"]["command"]
     command[-1] = command[-1].replace(old, new)
@@ -485,8 +605,28 @@ K8S_CHANGES: dict[str, Callable[[Cluster], None]] = {
         {"name": "AFFINITY_HEALTH_PATH", "value": "/status"}
     ),
     "drain port changed": lambda c: _set_hook(c, "127.0.0.1:8000", "127.0.0.1:8080"),
-    "drain path changed": lambda c: _set_hook(c, "/health/drain", "/health"),
     "drain on another host": lambda c: _set_hook(c, "127.0.0.1", "localhost"),
+    "drain replaced by an unsigned request": lambda c: _set_hook(
+        c,
+        "affinity-mw drain http://127.0.0.1:8000",
+        "wget -q --post-data= http://127.0.0.1:8000/_affinity/health/drain",
+    ),
+    "drain undone instead": lambda c: _set_hook(c, "affinity-mw drain", "affinity-mw drain --undo"),
+    "drain signed with a secret on the command line": lambda c: _set_hook(
+        c, "affinity-mw drain", "affinity-mw drain --secret deploy-test-secret-0123456789"
+    ),
+    "drain under another health path": lambda c: _set_hook(
+        c, "affinity-mw drain", "AFFINITY_HEALTH_PATH=/status affinity-mw drain"
+    ),
+    "AFFINITY_SECRET dropped": lambda c: c.container["env"].remove(_env_entry(c, "AFFINITY_SECRET")),
+    "AFFINITY_SECRET written in the manifest": lambda c: _replace_env(
+        c, {"name": "AFFINITY_SECRET", "value": "x" * 32}
+    ),
+    "preStop sleep dropped": lambda c: _set_hook(c, "; sleep 15", ""),
+    "preStop sleeps only after a successful drain": lambda c: _set_hook(c, "; sleep", " && sleep"),
+    "preStop sleeps before draining": lambda c: _set_hook(
+        c, "affinity-mw drain http://127.0.0.1:8000; sleep 15", "sleep 15; affinity-mw drain http://127.0.0.1:8000"
+    ),
     "preStop sleep outlasts the grace period": lambda c: _set_hook(c, "sleep 15", "sleep 90"),
     "preStop sleep shorter than readiness": lambda c: _set_hook(c, "sleep 15", "sleep 1"),
     "grace period too short": lambda c: c.workload["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=10),
@@ -540,6 +680,30 @@ def test_a_compose_change_in_one_place_is_caught(change: str) -> None:
     compose = copy.deepcopy(load_compose())
     COMPOSE_CHANGES[change](compose)
     assert compose_problems(compose, load_image()), f"{change!r} went unnoticed"
+
+
+def test_the_drain_url_is_checked_as_the_command_resolves_it() -> None:
+    cluster = load_cluster()
+    hook = cluster.container["lifecycle"]["preStop"]["exec"]["command"]
+    hook[-1] = "affinity-mw drain; sleep 15"  # the command's default URL: http://127.0.0.1:8000
+    env = pod_environment(cluster)
+    assert prestop_problems(cluster.container, env, 8000) == ([], 15.0)
+    problems, _ = prestop_problems(cluster.container, env, 8080)
+    assert problems == ["the preStop hook drains http://127.0.0.1:8000, not this pod at http://127.0.0.1:8080"]
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "affinity-mw drain http://127.0.0.1:8000 || true; sleep 15",
+        "affinity-mw drain http://127.0.0.1:8000 >/dev/null 2>&1\nsleep 15",
+        "/usr/local/bin/affinity-mw drain http://127.0.0.1:8000; sleep 5; sleep 10s",
+    ],
+)
+def test_equivalent_hooks_pass(script: str) -> None:
+    cluster = load_cluster()
+    cluster.container["lifecycle"]["preStop"]["exec"]["command"][-1] = script
+    assert prestop_problems(cluster.container, pod_environment(cluster), 8000) == ([], 15.0)
 
 
 def test_a_dockerfile_port_change_is_caught() -> None:
