@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .keys import Extractor, KeyOptions, from_spec
@@ -441,15 +441,5 @@ class Settings:
         return self
 
     def key_options(self) -> KeyOptions:
-        return KeyOptions(
-            jwt_key=self.jwt_key,
-            jwt_algorithms=tuple(self.jwt_algorithms),
-            jwt_audience=self.jwt_audience,
-            jwt_issuer=self.jwt_issuer,
-            jwt_from=self.jwt_from,
-            jwt_leeway=self.jwt_leeway,
-            cookie_secret=tuple(self.cookie_secret),
-            cookie_salt=self.cookie_salt,
-            cookie_max_age=self.cookie_max_age,
-            trusted_proxies=self.trusted_proxies,
-        )
+        """The key-source settings: every KeyOptions field has a Settings field of the same name."""
+        return KeyOptions(**{f.name: getattr(self, f.name) for f in fields(KeyOptions)})

@@ -190,6 +190,18 @@ class _BlockAllCookies(http.cookiejar.DefaultCookiePolicy):
         return False
 
 
+def _httpx_options(pool_size: int, keepalive: float, connect_timeout: float, read_timeout: float) -> dict[str, Any]:
+    """Proxy-safe settings for the httpx clients we create ourselves (async and sync alike)."""
+    import httpx
+
+    return {
+        "trust_env": False,
+        "follow_redirects": False,
+        "timeout": httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None),
+        "limits": httpx.Limits(max_connections=None, max_keepalive_connections=pool_size, keepalive_expiry=keepalive),
+    }
+
+
 def _proxy_safe(client: Any) -> None:
     """Make a user's httpx client safe to forward with: no cookie memory, and a loud warning about proxies from
     the environment (``trust_env=True`` would send peer traffic through ``HTTP_PROXY``)."""
@@ -248,14 +260,7 @@ class HttpxTransport:
 
         self._owns_client = client is None
         if client is None:
-            client = httpx.AsyncClient(
-                trust_env=False,
-                follow_redirects=False,
-                timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None),
-                limits=httpx.Limits(
-                    max_connections=None, max_keepalive_connections=pool_size, keepalive_expiry=keepalive
-                ),
-            )
+            client = httpx.AsyncClient(**_httpx_options(pool_size, keepalive, connect_timeout, read_timeout))
         _proxy_safe(client)
         self.client = client
 
@@ -459,14 +464,7 @@ class HttpxSyncTransport:
 
         self._owns_client = client is None
         if client is None:
-            client = httpx.Client(
-                trust_env=False,
-                follow_redirects=False,
-                timeout=httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=None),
-                limits=httpx.Limits(
-                    max_connections=None, max_keepalive_connections=pool_size, keepalive_expiry=keepalive
-                ),
-            )
+            client = httpx.Client(**_httpx_options(pool_size, keepalive, connect_timeout, read_timeout))
         _proxy_safe(client)
         self.client = client
 
