@@ -128,7 +128,7 @@ class AiohttpTransport:
 
         session = self._session()
         headers: CIMultiDict[str] = CIMultiDict(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers
+            (name.decode("latin-1"), _text(value)) for name, value in request.headers
         )
         data: Any = None
         if request.body is not None:
@@ -188,6 +188,16 @@ class _BlockAllCookies(http.cookiejar.DefaultCookiePolicy):
 
     def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
         return False
+
+
+def _text(value: bytes) -> str:
+    """A header value as aiohttp wants it (str). aiohttp writes header values as UTF-8, so UTF-8 bytes are decoded
+    as UTF-8 to reach the peer unchanged; other non-ASCII bytes (rare, obsolete in HTTP) cannot survive aiohttp
+    and go as latin-1."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def _httpx_options(pool_size: int, keepalive: float, connect_timeout: float, read_timeout: float) -> dict[str, Any]:

@@ -1,0 +1,9 @@
+"""The Django probe app's WSGI entry point (settings forced: the tests never run another Django project here)."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.apps.django_app.settings"
+
+application = get_wsgi_application()
