@@ -13,11 +13,14 @@ the client's address and scheme, and which ``X-Forwarded-*`` headers the forward
 from __future__ import annotations
 
 import hashlib
+import hmac
 import time
 from collections.abc import Sequence
-from urllib.parse import quote, unquote
+from typing import Any
 
 from itsdangerous import BadData, Signer
+from itsdangerous.encoding import want_bytes
+from itsdangerous.signer import HMACAlgorithm
 
 __all__ = ["HOP_HEADER", "INTERNAL_PREFIX", "HopMarker", "HopSigner"]
 
@@ -86,7 +89,9 @@ class HopSigner:
             raise ValueError(f"The hop marker max_age must be at least 1 second, got {max_age!r}.")
         self.max_age = max_age
         self.max_skew = max_skew
-        self._signer = Signer(keys, salt="affinity-mw.hop.v2", digest_method=hashlib.sha256)
+        self._signer = _CachedKeySigner(
+            keys, salt="affinity-mw.hop.v2", digest_method=hashlib.sha256, algorithm=_HMACSHA256()
+        )
 
     def sign(
         self,
@@ -122,18 +127,49 @@ class HopSigner:
             if not -self.max_skew <= age <= self.max_age:
                 return None
             return HopMarker(
-                unquote(sender),
+                _unescape(sender),
                 int(key_hash, 16),
-                unquote(checksum),
+                _unescape(checksum),
                 int(attempt),
-                unquote(host) or None,
+                _unescape(host) or None,
                 int(port),
-                unquote(scheme),
-                unquote(added),
+                _unescape(scheme),
+                _unescape(added),
             )
         except (BadData, ValueError, UnicodeDecodeError):
             return None
 
 
+class _HMACSHA256(HMACAlgorithm):
+    """itsdangerous's HMAC, through ``hmac.digest`` (one C call instead of building an HMAC object)."""
+
+    def __init__(self) -> None:
+        super().__init__(hashlib.sha256)
+
+    def get_signature(self, key: bytes, value: bytes) -> bytes:
+        return hmac.digest(key, value, "sha256")
+
+
+class _CachedKeySigner(Signer):
+    """itsdangerous re-derives the key from the secret on every sign and verify; the secrets never change, so
+    derive each once. Every forward signs one marker and every hop verifies one: this is on the hot path."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._derived: dict[bytes | None, bytes] = {}
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        cache_key = None if secret_key is None else want_bytes(secret_key)
+        key = self._derived.get(cache_key)
+        if key is None:
+            key = self._derived[cache_key] = super().derive_key(secret_key)
+        return key
+
+
 def _escape(value: str) -> str:
-    return quote(value, safe=":/[]@._-") if value else ""
+    # Only the separator and the escape character need escaping; str.replace is ~20x cheaper than quote().
+    return value.replace("%", "%25").replace("|", "%7C")
+
+
+def _unescape(value: str) -> str:
+    return value.replace("%7C", "|").replace("%25", "%")

@@ -21,6 +21,8 @@ __all__ = ["Decision", "Router"]
 
 logger = logging.getLogger("affinity_mw")
 
+_HASH_CACHE_SIZE = 65536
+
 LOCAL = "local"
 FORWARD = "forward"
 REJECT = "reject"
@@ -135,6 +137,7 @@ class Router:
         self.health = health if health is not None else PeerHealth()
         self.counters: Counter[str] = Counter()
         self._ring_seen: HashRing | None = None
+        self._hashes: dict[str, int] = {}
 
     def extract(self, view: RequestView) -> str | None:
         """The request's key, or ``None``. A failing custom extractor must not turn into a 500 for the client."""
@@ -190,7 +193,12 @@ class Router:
                 counters["rejected"] += 1
                 return Decision(REJECT, "no-key", ring)
             return Decision(LOCAL, "no-key", ring)
-        key_hash = hash_key(key)
+        key_hash = self._hashes.get(key)
+        if key_hash is None:
+            # A bounded memo of key -> hash: hot keys repeat, and blake2b is most of the local path's cost.
+            if len(self._hashes) >= _HASH_CACHE_SIZE:
+                self._hashes.clear()
+            key_hash = self._hashes[key] = hash_key(key)
         self_id = self.membership.self_id
         owner = ring.owner(key_hash)
         if owner is None or (len(ring) == 1 and owner.id == self_id):
