@@ -95,7 +95,7 @@ class HashRing:
     ``(id, weight)`` pairs and ``vnodes``, never on input order or addresses.
     """
 
-    __slots__ = ("_by_id", "_checksum", "_nodes", "_owners", "_point_nodes", "_points", "_vnodes")
+    __slots__ = ("_by_id", "_checksum", "_nodes", "_owners", "_point_nodes", "_points", "_successors", "_vnodes")
 
     def __init__(self, nodes: Iterable[Node], *, vnodes: int = DEFAULT_VNODES) -> None:
         if isinstance(vnodes, bool) or not isinstance(vnodes, int) or vnodes < 1:
@@ -134,6 +134,7 @@ class HashRing:
         self._points = points
         self._owners = owners
         self._point_nodes = point_nodes
+        self._successors: dict[tuple[int, int], tuple[Node, ...]] = {}
         self._nodes = ordered
         self._by_id = by_id
         self._vnodes = vnodes
@@ -188,6 +189,13 @@ class HashRing:
         start = bisect_left(self._points, key_hash)
         if start >= count:  # the sentinel: wrap to the first point
             start = 0
+        # Every key hash between two points has the same preference list: memoize short ones per (point, length);
+        # every forward asks for one.
+        memo_key = (start, limit)
+        if limit <= 8:
+            cached = self._successors.get(memo_key)
+            if cached is not None:
+                return cached
         found: list[Node] = []
         seen: set[str] = set()
         for i in range(start, start + count):
@@ -197,7 +205,10 @@ class HashRing:
                 found.append(node)
                 if len(found) == limit:
                     break
-        return tuple(found)
+        result = tuple(found)
+        if limit <= 8:  # short lists only: memory stays at most 8 references per point
+            self._successors[memo_key] = result
+        return result
 
     def shares(self) -> dict[str, float]:
         """The fraction of the 64-bit keyspace each node id owns; the load a uniform key population gives it.
