@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install what the HTTP benchmark needs, idempotently: wrk (from Debian) and the Python packages in the venv.
+#   bash bench/setup.sh            # wrk + uvicorn/starlette/httpx in .venv
+#   bash bench/setup.sh --uvloop   # also uvloop and httptools, for `http_bench.py --uvloop`
+# Runs as root on a clean Debian machine that has only Python, pip, gcc and make; re-running changes nothing.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "setup: installing wrk from Debian"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq wrk
+fi
+wrk --version 2>&1 | head -n 1 || true
+
+if [ ! -x "$PY" ]; then
+    echo "setup: creating the virtualenv at $ROOT/.venv"
+    python3 -m venv "$ROOT/.venv"
+    PY="$ROOT/.venv/bin/python"
+fi
+
+# Module names that are also their PyPI names: the servers, the app, both forwarding clients and affinity_mw's own
+# dependencies (affinity_mw itself is imported from the checkout: the benchmark puts the root on PYTHONPATH).
+need=(uvicorn starlette h11 httpx aiohttp itsdangerous urllib3)
+if [ "${1:-}" = "--uvloop" ]; then
+    need+=(uvloop httptools)
+fi
+missing=()
+for module in "${need[@]}"; do
+    "$PY" -c "import $module" >/dev/null 2>&1 || missing+=("$module")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]} into the virtualenv"
+    "$PY" -m pip install -q "${missing[@]}"
+fi
+PYTHONPATH="$ROOT" "$PY" -c "import affinity_mw, bench.app; bench.app.make_app()" \
+    || { echo "setup: bench/app.py does not import; see the error above" >&2; exit 1; }
+echo "setup: ok"
