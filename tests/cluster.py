@@ -100,7 +100,8 @@ class ServerNode:
 
 
 def server_command(kind: str, app: str, host: str, port: int) -> list[str]:
-    """The command line of one node: 1 uvicorn worker, or 1 gunicorn worker of the given class."""
+    """The command line of one node: 1 uvicorn worker, 1 gunicorn worker of the given class, or Werkzeug's
+    development server."""
     if kind == "uvicorn":
         return [
             sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port),
@@ -113,6 +114,15 @@ def server_command(kind: str, app: str, host: str, port: int) -> list[str]:
             "--worker-class", worker, "--threads", "8" if worker == "gthread" else "1",
             "--log-level", "warning", "--graceful-timeout", "5", "--timeout", "60", "--keep-alive", "5",
         ]  # fmt: skip
+    if kind == "werkzeug":
+        # Werkzeug's development server (what `flask run` uses), threaded, as users run it locally.
+        module, _, attr = app.partition(":")
+        code = (
+            "import importlib, sys; from werkzeug.serving import run_simple; "
+            f"app = getattr(importlib.import_module({module!r}), {attr!r}); "
+            f"run_simple({host!r}, {port}, app, threaded=True)"
+        )
+        return [sys.executable, "-c", code]
     raise ValueError(f"unknown server {kind!r}")
 
 

@@ -1,7 +1,8 @@
 """Real 3-node clusters on 127.0.0.1-3: locality, streaming, integrity and safety, for every stack users run.
 
 Each stack is the same suite: FastAPI under uvicorn (aiohttp and httpx transports), Flask under gunicorn
-(sync and gthread workers; urllib3 and httpx.Client transports), and a mixed cluster where WSGI and ASGI nodes
+(sync and gthread workers; urllib3 and httpx.Client transports) and under Werkzeug's development server, and a
+mixed cluster where WSGI and ASGI nodes
 forward to each other with the same marker.
 """
 
@@ -31,6 +32,7 @@ STACKS: dict[str, dict[str, Any]] = {
     "wsgi-sync-urllib3": {"server": "gunicorn-sync", "app": WSGI_APP},
     "wsgi-gthread-urllib3": {"server": "gunicorn-gthread", "app": WSGI_APP},
     "wsgi-gthread-httpx": {"server": "gunicorn-gthread", "app": WSGI_APP, "env": {"AFFINITY_TRANSPORT": "httpx"}},
+    "wsgi-werkzeug-dev": {"server": "werkzeug", "app": WSGI_APP},
     "mixed": {
         "server": [f"gunicorn-gthread={WSGI_APP}", f"uvicorn={ASGI_APP}", f"gunicorn-sync={WSGI_APP}"],
         "app": ASGI_APP,
