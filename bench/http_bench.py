@@ -1,4 +1,4 @@
-"""What routing and forwarding cost over real HTTP: ``python bench/http_bench.py [--quick] [--json PATH]``.
+"""What routing and forwarding cost over real HTTP: ``python bench/http_bench.py [--wsgi] [--quick] [--json PATH]``.
 
 Every server is one uvicorn worker on loopback (127.0.0.1 / 127.0.0.2) and the load is wrk, bounded by
 ``-d``. Four scenarios, interleaved within each round (the order rotates from round to round) so machine drift
@@ -21,7 +21,14 @@ machine to be idle, every run records how many cores something else used meanwhi
 ``--max-other`` is measured once more, the less disturbed one kept), and the spread of the bare request's CPU
 cost over the rounds shows drift of the (virtual) machine itself. Disturbances are listed at the end.
 
-Every process started here is stopped in a ``finally`` (SIGTERM, then SIGKILL) and dies with this one.
+``--wsgi`` measures the WSGI stack instead: the Flask twin of the app (``bench/wsgi_app.py``, wrapped by the
+``Affinity`` extension), each server one gunicorn master with one ``gthread`` worker of 8 threads (keep-alive
+5 s), and the scenarios ``bare``, ``local``, ``forwarded-urllib3`` (the default WSGI transport) and
+``forwarded-httpx``, with the same wrk settings and accounting. A server's CPU is that of its whole process
+group (gunicorn's master and worker). The ring table is not repeated there.
+
+Every server starts in its own process group; the whole group is stopped in a ``finally`` (SIGTERM, then
+SIGKILL) and dies with this one.
 """
 
 from __future__ import annotations
@@ -59,7 +66,10 @@ HOST_B = "127.0.0.2"
 SECRET = "bench-cluster-secret-0123456789abcdef"
 LUA = ROOT / "bench" / "wrk_report.lua"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SCENARIOS = ("bare", "local", "forwarded-aiohttp", "forwarded-httpx")
+SCENARIOS = ("bare", "local", "forwarded-aiohttp", "forwarded-httpx")  # ASGI; forwarded-<transport>
+WSGI_SCENARIOS = ("bare", "local", "forwarded-urllib3", "forwarded-httpx")
+# Every --wsgi server: gunicorn's threaded worker, as issue #3 specifies it.
+GUNICORN_WORKER = ["--worker-class", "gthread", "--threads", "8", "--workers", "1", "--keep-alive", "5"]
 MAX_BARE_SPREAD = 1.10  # bare's CPU/request varying more than this between rounds means the machine drifted
 MAX_SLOWDOWN = 1.4  # a run on cores this much slower than the pass's median is reported as disturbed
 TARGETS = {
@@ -100,8 +110,25 @@ def free_port(hosts: Sequence[str]) -> int:
     raise RuntimeError("no free port on " + ", ".join(hosts))
 
 
+def group_pids(pgid: int) -> list[int]:
+    """Every live process in process group ``pgid`` (field 5 of ``/proc/<pid>/stat``)."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="ascii") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[2]) == pgid:
+            pids.append(int(entry.name))
+    return pids
+
+
 class Server:
-    """One uvicorn process with one worker (no reloader, no supervisor: the pid is the server)."""
+    """One server in its own process group: one uvicorn process with one worker (no reloader, no supervisor), or
+    with ``args.wsgi`` a gunicorn master and its one gthread worker. Its CPU is the whole group's."""
 
     def __init__(self, name: str, app: str, host: str, port: int, env: dict[str, str], args: Any) -> None:
         self.name = name
@@ -109,25 +136,29 @@ class Server:
         self.port = port
         self.url = f"http://{host}:{port}"
         self.log_path = args.log_dir / f"{name}.log"
-        self.cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            app,
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--loop",
-            args.loop,
-            "--http",
-            args.http,
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ]
+        if getattr(args, "wsgi", False):
+            self.cmd = [sys.executable, "-m", "gunicorn", app, "--bind", f"{host}:{port}", *GUNICORN_WORKER]
+            self.cmd += ["--log-level", "warning"]  # no access log unless asked for
+        else:
+            self.cmd = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                app,
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--loop",
+                args.loop,
+                "--http",
+                args.http,
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ]
         base = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
         base.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "BENCH_NODE": name})
         base.update(env)
@@ -142,6 +173,7 @@ class Server:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: accounted and stopped as one
                 preexec_fn=_die_with_parent,
             )
 
@@ -159,21 +191,32 @@ class Server:
         raise RuntimeError(f"{self.name} ({self.url}) not ready after {timeout}s:\n{log}")
 
     def cpu_ticks(self) -> tuple[int, int]:
-        """(utime, stime) of the server process, in clock ticks (fields 14 and 15 of /proc/<pid>/stat)."""
+        """(utime, stime) summed over every process of the server's group (gunicorn: master and worker), in clock
+        ticks (fields 14 and 15 of /proc/<pid>/stat; a process's threads included)."""
         assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:
-            rest = f.read().rpartition(")")[2].split()
-        return int(rest[11]), int(rest[12])
+        utime = stime = 0
+        for pid in group_pids(self.proc.pid):
+            try:
+                with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+                    rest = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            utime += int(rest[11])
+            stime += int(rest[12])
+        return utime, stime
 
     def stop(self) -> None:
+        """SIGTERM to the whole process group, SIGKILL to whatever of it is left after 5 s."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if proc.poll() is None or group_pids(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
 
 
@@ -216,12 +259,19 @@ def tenant_owned_by(peers: list[str], owner_url: str) -> str:
 
 
 def build_scenarios(args: Any) -> tuple[list[Scenario], list[Server]]:
-    """One server (or two-node cluster) per scenario, each on its own port, all kept up for the whole pass."""
+    """One server (or two-node cluster) per scenario, each on its own port, all kept up for the whole pass.
+
+    ASGI: ``bench.app`` under uvicorn, forwarding with aiohttp (the default) or httpx. ``args.wsgi``:
+    ``bench.wsgi_app`` under gunicorn, forwarding with urllib3 (the default: no ``AFFINITY_TRANSPORT``) or httpx.
+    """
     servers: list[Server] = []
     scenarios: list[Scenario] = []
+    wsgi = getattr(args, "wsgi", False)
+    module = "bench.wsgi_app" if wsgi else "bench.app"
+    default_transport = "urllib3" if wsgi else "aiohttp"
 
     port = free_port([HOST_A])
-    bare = Server("bare", "bench.app:bare", HOST_A, port, {}, args)
+    bare = Server("bare", f"{module}:bare", HOST_A, port, {}, args)
     servers.append(bare)
     scenarios.append(Scenario("bare", bare, [bare], "tenant-0000", "bare"))
 
@@ -232,24 +282,26 @@ def build_scenarios(args: Any) -> tuple[list[Scenario], list[Server]]:
             "AFFINITY_PEERS": ",".join(peers),
             "AFFINITY_SECRET": SECRET,
             "AFFINITY_KEY": "header:X-Tenant",
-            "AFFINITY_TRANSPORT": transport,
         }
-        a = Server(f"{name}-A", "bench.app:wrapped", HOST_A, port, dict(common, AFFINITY_SELF=peers[0]), args)
+        if transport != "urllib3":  # the WSGI default has no AFFINITY_TRANSPORT value of its own
+            common["AFFINITY_TRANSPORT"] = transport
+        a = Server(f"{name}-A", f"{module}:wrapped", HOST_A, port, dict(common, AFFINITY_SELF=peers[0]), args)
         servers.append(a)
         b = None
         if with_b:
             b_env = dict(common, AFFINITY_SELF=peers[1])
-            b = Server(f"{name}-B", "bench.app:wrapped", HOST_B, port, b_env, args)
+            b = Server(f"{name}-B", f"{module}:wrapped", HOST_B, port, b_env, args)
             servers.append(b)
         return a, b, peers
 
-    a, _, peers = cluster("local", "aiohttp", with_b=False)
+    a, _, peers = cluster("local", default_transport, with_b=False)
     scenarios.append(Scenario("local", a, [a], tenant_owned_by(peers, peers[0]), a.name))
-    for transport in ("aiohttp", "httpx"):
+    for transport in (default_transport, "httpx"):
         name = f"forwarded-{transport}"
         a, b, peers = cluster(name, transport, with_b=True)
         assert b is not None
         scenarios.append(Scenario(name, a, [a, b], tenant_owned_by(peers, peers[1]), b.name))
+    assert tuple(sc.name for sc in scenarios) == (WSGI_SCENARIOS if wsgi else SCENARIOS)
     return scenarios, servers
 
 
@@ -412,7 +464,7 @@ def run_pass(args: Any) -> dict[str, Any]:
             s.wait_ready()
         checks = preflight(scenarios)
         print(
-            f"\n== {args.loop}+{args.http}: {len(servers)} servers up; routing checked: "
+            f"\n== {args.stack}: {len(servers)} servers up; routing checked: "
             + ", ".join(f"{k} served by {v['served_by']}" for k, v in checks.items()),
             flush=True,
         )
@@ -468,7 +520,7 @@ def run_pass(args: Any) -> dict[str, Any]:
         for res in rd["results"].values():
             res["load"]["slowdown"] = round(max(res["load"]["calibration_us"]) / typical, 3)
     summary: dict[str, Any] = {}
-    for name in SCENARIOS:
+    for name in (sc.name for sc in scenarios):
         per = [rd["results"][name] for rd in rounds]
         summary[name] = {
             "rps": round(median([p["load"]["rps"] for p in per]), 1),
@@ -495,8 +547,10 @@ def run_pass(args: Any) -> dict[str, Any]:
         }
     bare_cpu = [rd["results"]["bare"]["load"]["cpu_us_per_req"] for rd in rounds]
     return {
+        "stack": args.stack,
         "loop": args.loop,
         "http": args.http,
+        "server_cmd": {s.name: s.cmd[2:] for s in servers},
         # The same bare request's CPU cost, highest over lowest round: drift of the machine itself (a VM whose host
         # is busy slows every core without a trace in /proc/stat). 1.03 on a calm machine; above MAX_BARE_SPREAD
         # the ratios of different rounds disagree and the medians are not to be trusted.
@@ -543,7 +597,8 @@ def machine() -> dict[str, Any]:
                 model = line.split(":", 1)[1].strip()
                 break
     versions: dict[str, str | None] = {}
-    for dist in ("uvicorn", "starlette", "aiohttp", "httpx", "h11", "uvloop", "httptools", "itsdangerous"):
+    dists = ("uvicorn", "starlette", "aiohttp", "httpx", "h11", "uvloop", "httptools", "itsdangerous")
+    for dist in (*dists, "gunicorn", "flask", "werkzeug", "urllib3"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -566,7 +621,7 @@ def machine() -> dict[str, Any]:
 def print_summary(result: dict[str, Any]) -> None:
     for p in result["passes"]:
         print(
-            f"\n{p['loop']}+{p['http']}: medians of {result['config']['rounds']} rounds "
+            f"\n{p['stack']}: medians of {result['config']['rounds']} rounds "
             f"(wrk -t{result['config']['threads']} -c{result['config']['connections']} "
             f"-d{result['config']['duration']}s; ratios to bare of the same round; bare's CPU/request varied "
             f"{p['bare_cpu_spread']:.2f}x between rounds)"
@@ -582,8 +637,9 @@ def print_summary(result: dict[str, Any]) -> None:
                 f"{s['cpu_ratio']:>7.2f} {s['p50_ms']:>7.2f} {s['p99_ms']:>7.2f} {s['c1_p50_ms']:>9.3f} "
                 f"{s['added_c1_p50_ms']:>8.3f} {s['errors']:>6}"
             )
-    print("\nring lookup (bench/ring_bench.py):")
-    print(result["ring"]["table"])
+    if "ring" in result:
+        print("\nring lookup (bench/ring_bench.py):")
+        print(result["ring"]["table"])
     print("\ntargets (first pass):")
     for name, t in result["targets"].items():
         print(f"  {'MET   ' if t['met'] else 'MISSED'} {name}: {t['value']} (target {t['target']})")
@@ -591,13 +647,17 @@ def print_summary(result: dict[str, Any]) -> None:
 
 def evaluate(result: dict[str, Any]) -> dict[str, Any]:
     s = result["passes"][0]["summary"]
-    at100 = next((r for r in result["ring"]["results"] if r["nodes"] == 100), None)
     targets = {
         "local req/s >= 0.97 x bare": {
             "value": s["local"]["rps_ratio"],
             "target": ">= 0.97",
             "met": s["local"]["rps_ratio"] >= TARGETS["local_rps_ratio_min"],
         },
+    }
+    if result["config"]["wsgi"]:  # issue #3 sets only the local path's target for WSGI
+        return targets
+    at100 = next((r for r in result["ring"]["results"] if r["nodes"] == 100), None)
+    targets |= {
         "forwarded (aiohttp) req/s >= 0.45 x bare": {
             "value": s["forwarded-aiohttp"]["rps_ratio"],
             "target": ">= 0.45",
@@ -629,12 +689,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 round of 3 s (warm-up 1 s, -c1 2 s)")
     parser.add_argument("--uvloop", action="store_true", help="add a pass with --loop uvloop --http httptools")
     parser.add_argument(
+        "--wsgi",
+        action="store_true",
+        help="measure Flask under gunicorn gthread instead (bare, local, forwarded-urllib3, forwarded-httpx)",
+    )
+    parser.add_argument(
         "--idle-wait",
         type=float,
         default=10,
         help="most seconds to wait for a quiet machine before each scenario (10)",
     )
-    parser.add_argument("--idle-budget", type=float, default=45, help="most seconds of such waiting in all (45)")
+    parser.add_argument(
+        "--idle-budget", type=float, help="most seconds of such waiting in all (45; 30 with --wsgi, to stay < 4 min)"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write everything as JSON to PATH")
     parser.add_argument(
         "--max-other",
@@ -643,9 +710,15 @@ def main(argv: list[str] | None = None) -> int:
         help="a run during which other processes used more cores than this is measured again (0.25)",
     )
     parser.add_argument(
-        "--retries", type=int, default=4, help="most such re-measurements per pass, one per run at most (4)"
+        "--retries", type=int, help="most such re-measurements per pass, one per run at most (4; 2 with --wsgi)"
     )
     args = parser.parse_args(argv)
+    if args.wsgi and args.uvloop:
+        parser.error("--uvloop is an ASGI pass; --wsgi measures gunicorn")
+    if args.idle_budget is None:
+        args.idle_budget = 30.0 if args.wsgi else 45.0
+    if args.retries is None:
+        args.retries = 2 if args.wsgi else 4
     args.idle_spent = 0.0
     if args.quick:
         args.rounds, args.duration, args.warmup, args.latency_duration = 1, 3, 1, 2
@@ -673,6 +746,7 @@ def run(args: Any, started: float) -> int:
                 "warmup",
                 "latency_duration",
                 "quick",
+                "wsgi",
                 "max_other",
                 "retries",
                 "idle_wait",
@@ -685,14 +759,17 @@ def run(args: Any, started: float) -> int:
         f"{m['nproc']} x {m['cpu_model']}, Python {m['python']}, {m['wrk']}; "
         f"load average {' '.join(m['loadavg_at_start'])}"
     )
-    ring_out = args.json.with_name("ring.json") if args.json else None
-    result["ring"] = ring_bench(ring_out, args.log_dir)
-    print(result["ring"]["table"], flush=True)
-
-    passes = [("asyncio", "h11")] + ([("uvloop", "httptools")] if args.uvloop else [])
+    if args.wsgi:
+        passes: list[tuple[str | None, str | None]] = [(None, None)]
+    else:
+        ring_out = args.json.with_name("ring.json") if args.json else None
+        result["ring"] = ring_bench(ring_out, args.log_dir)
+        print(result["ring"]["table"], flush=True)
+        passes = [("asyncio", "h11")] + ([("uvloop", "httptools")] if args.uvloop else [])
     result["passes"] = []
     for loop, http_impl in passes:
         args.loop, args.http = loop, http_impl
+        args.stack = f"{loop}+{http_impl}" if loop else "gunicorn gthread (1 worker x 8 threads)"
         args.retries_left = args.retries
         result["passes"].append(run_pass(args))
     result["targets"] = evaluate(result)
@@ -701,7 +778,7 @@ def run(args: Any, started: float) -> int:
     errors = sum(s["errors"] for p in result["passes"] for s in p["summary"].values())
     print(f"\nsocket errors + non-2xx responses over all runs: {errors}; runtime {result['runtime_s']} s")
     disturbed = [
-        f"{p['loop']} round {rd['round']} {name} ({res['load']['other_cpu_cores']} other cores, "
+        f"{p['stack']} round {rd['round']} {name} ({res['load']['other_cpu_cores']} other cores, "
         f"core {res['load']['slowdown']:.2f}x as slow as the pass's median)"
         for p in result["passes"]
         for rd in p["rounds"]
@@ -710,7 +787,7 @@ def run(args: Any, started: float) -> int:
     ]
     drifting = [p for p in result["passes"] if p["bare_cpu_spread"] > MAX_BARE_SPREAD]
     disturbed += [
-        f"{p['loop']} pass: the bare request's CPU cost varied {p['bare_cpu_spread']:.2f}x between rounds"
+        f"{p['stack']} pass: the bare request's CPU cost varied {p['bare_cpu_spread']:.2f}x between rounds"
         for p in drifting
     ]
     result["disturbed_runs"] = disturbed

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the HTTP benchmark needs, idempotently: wrk (from Debian) and the Python packages in the venv.
-#   bash bench/setup.sh            # wrk + uvicorn/starlette/httpx in .venv
+#   bash bench/setup.sh            # wrk + uvicorn/starlette/httpx (and gunicorn/flask for --wsgi) in .venv
 #   bash bench/setup.sh --uvloop   # also uvloop and httptools, for `http_bench.py --uvloop`
 # Runs as root on a clean Debian machine that has only Python, pip, gcc and make; re-running changes nothing.
 set -euo pipefail
@@ -22,9 +22,10 @@ if [ ! -x "$PY" ]; then
     PY="$ROOT/.venv/bin/python"
 fi
 
-# Module names that are also their PyPI names: the servers, the app, both forwarding clients and affinity_mw's own
-# dependencies (affinity_mw itself is imported from the checkout: the benchmark puts the root on PYTHONPATH).
-need=(uvicorn starlette h11 httpx aiohttp itsdangerous urllib3)
+# Module names that are also their PyPI names: the servers, the apps (Starlette; Flask for --wsgi), both forwarding
+# clients of each stack and affinity_mw's own dependencies (affinity_mw itself is imported from the checkout: the
+# benchmark puts the root on PYTHONPATH).
+need=(uvicorn starlette h11 httpx aiohttp itsdangerous urllib3 gunicorn flask)
 if [ "${1:-}" = "--uvloop" ]; then
     need+=(uvloop httptools)
 fi
@@ -36,6 +37,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]} into the virtualenv"
     "$PY" -m pip install -q "${missing[@]}"
 fi
-PYTHONPATH="$ROOT" "$PY" -c "import affinity_mw, bench.app; bench.app.make_app()" \
-    || { echo "setup: bench/app.py does not import; see the error above" >&2; exit 1; }
+PYTHONPATH="$ROOT" "$PY" -c "import affinity_mw, bench.app, bench.wsgi_app; bench.app.make_app(); bench.wsgi_app.wrapped" \
+    || { echo "setup: bench/app.py or bench/wsgi_app.py does not import; see the error above" >&2; exit 1; }
 echo "setup: ok"
