@@ -22,7 +22,6 @@ from .forward import (
     ClientGone,
     ForwardError,
     PoolExhausted,
-    UpstreamRequest,
     bodiless,
     body_framing,
     restore_forwarded,
@@ -175,16 +174,10 @@ class AffinityMiddleware:
         body = _RequestBody(receive) if content_length != 0 else None
         client = scope.get("client")
         with self.core.plan(decision, headers, tuple(client) if client else None, scope["scheme"]) as plan:
-            for node, upstream_headers in plan.attempts():
-                request = UpstreamRequest(
-                    method,
-                    node.address,
-                    target.decode("latin-1"),
-                    upstream_headers,
-                    body.stream() if body is not None else None,
-                    content_length,
-                    min(self.core.settings.read_timeout, plan.remaining()),
-                )
+            attempts = plan.attempts(
+                method, target.decode("latin-1"), content_length, body.stream if body is not None else None
+            )
+            for node, request in attempts:
                 try:
                     slot = await self.slots.acquire(node.id)
                 except PoolExhausted:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from .hop import HOP_HEADER, INTERNAL_PREFIX
@@ -293,8 +293,16 @@ class ForwardPlan:
         """Seconds left of the overall deadline that covers every attempt until response headers."""
         return self.deadline - time.monotonic()
 
-    def attempts(self) -> Iterator[tuple[Node, Headers]]:
-        """Each candidate in failover order, with the upstream headers and a fresh marker for that attempt."""
+    def attempts(
+        self,
+        method: str,
+        target: str,
+        content_length: int | None,
+        body: Callable[[], AsyncIterable[bytes] | Iterable[bytes]] | None,
+    ) -> Iterator[tuple[Node, UpstreamRequest]]:
+        """Each candidate in failover order, with the request for that attempt: the upstream headers, a fresh
+        marker, a fresh body iterator from ``body`` (it refuses a second read once the first began), and a wait
+        for response headers bounded by what is left of the overall deadline."""
         decision = self.decision
         core = self.core
         assert decision.key_hash is not None and core.signer is not None  # a forward decision has both
@@ -311,8 +319,17 @@ class ForwardPlan:
                 scheme=self.scheme,
                 added=self.added,
             )
+            request = UpstreamRequest(
+                method,
+                node.address,
+                target,
+                [*self.headers, (HOP_HEADER, marker)],
+                body() if body is not None else None,
+                content_length,
+                min(core.settings.read_timeout, self.remaining()),
+            )
             self._sent_at = time.perf_counter()
-            yield node, [*self.headers, (HOP_HEADER, marker)]
+            yield node, request
 
     def failed(self, node: Node, exc: ForwardError, method: str, body_started: bool) -> tuple[int, bytes] | None:
         """``None`` to go on to the next candidate (after ``backoff`` seconds), else the status and text to answer

@@ -24,7 +24,6 @@ from .forward import (
     Headers,
     SyncTransport,
     SyncUpstreamResponse,
-    UpstreamRequest,
     bodiless,
     body_framing,
 )
@@ -141,16 +140,7 @@ class AffinityWSGIMiddleware:
         remote = environ.get("REMOTE_ADDR")
         client = (remote, int(environ.get("REMOTE_PORT") or 0)) if remote else None
         with self.core.plan(decision, headers, client, environ.get("wsgi.url_scheme", "http")) as plan:
-            for node, upstream_headers in plan.attempts():
-                request = UpstreamRequest(
-                    method,
-                    node.address,
-                    target,
-                    upstream_headers,
-                    body.stream() if body else None,
-                    content_length,
-                    min(self.core.settings.read_timeout, plan.remaining()),
-                )
+            for node, request in plan.attempts(method, target, content_length, body.stream if body else None):
                 slot = self.slots.acquire(node.id)
                 if slot is None:
                     return _plain(start_response, *POOL_EXHAUSTED, extra=[("Retry-After", "1")])

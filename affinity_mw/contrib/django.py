@@ -54,7 +54,6 @@ from ..forward import (
     Headers,
     PoolExhausted,
     SyncTransport,
-    UpstreamRequest,
     UpstreamResponse,
     bodiless,
     body_framing,
@@ -286,16 +285,7 @@ class AffinityMiddleware:
         transport = self.sync_transport
         assert transport is not None  # a sync-mode instance always has one
         with self.core.plan(decision, headers, _client(meta), meta.get("wsgi.url_scheme", "http")) as plan:
-            for node, upstream_headers in plan.attempts():
-                upstream = UpstreamRequest(
-                    method,
-                    node.address,
-                    target,
-                    upstream_headers,
-                    body.stream() if body else None,
-                    length,
-                    min(self.core.settings.read_timeout, plan.remaining()),
-                )
+            for node, upstream in plan.attempts(method, target, length, body.stream if body else None):
                 slot = self.sync_slots.acquire(node.id)
                 if slot is None:
                     return _plain(*POOL_EXHAUSTED, retry_after=True)
@@ -354,16 +344,8 @@ class AffinityMiddleware:
             length = body_framing(headers)
         body = _RequestBody(request, length) if length != 0 else None
         with self.core.plan(decision, headers, _client(meta), scope.get("scheme") or "http") as plan:
-            for node, upstream_headers in plan.attempts():
-                upstream = UpstreamRequest(
-                    method,
-                    node.address,
-                    target.decode("latin-1"),
-                    upstream_headers,
-                    _async_chunks(body.stream()) if body else None,
-                    length,
-                    min(self.core.settings.read_timeout, plan.remaining()),
-                )
+            stream = (lambda: _async_chunks(body.stream())) if body else None
+            for node, upstream in plan.attempts(method, target.decode("latin-1"), length, stream):
                 try:
                     slot = await self.async_slots.acquire(node.id)
                 except PoolExhausted:
