@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo bench reliability clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,23 @@ test: lint
 demo: $(STAMP)
 	$(BIN)/affinity-mw demo --app app:app --app-dir examples/fastapi_tenants
 
+# The whole reliability suite, slow scenarios included; its figures become the table in docs/reliability.md.
+reliability: $(STAMP)
+	rm -f bench/results/reliability.jsonl
+	AFFINITY_RELIABILITY_OUT=$(CURDIR)/bench/results/reliability.jsonl \
+		$(BIN)/python -m pytest -q -o addopts="-ra" -m reliability tests
+	$(BIN)/python scripts/reliability_report.py bench/results/reliability.jsonl --write docs/reliability.md
+
+# Every benchmark, bounded (about 8 minutes on 2 cores): the ring algorithms, the ASGI stack under asyncio+h11 and
+# uvloop+httptools (bare, local, each transport, nginx), then the WSGI stack; raw results in bench/results/, from
+# which bench/report.py rewrites the tables in docs/benchmarks.md.
+BENCH_RUN := --rounds 3 --duration 4 --warmup 1 --latency-duration 2 --idle-wait 5
 bench: $(STAMP)
-	bash bench/setup.sh
-	$(BIN)/python bench/http_bench.py
+	bash bench/setup.sh --uvloop
+	$(BIN)/python bench/ring_bench.py --json bench/results/ring.json
+	$(BIN)/python bench/http_bench.py --no-ring --uvloop $(BENCH_RUN) --json bench/results/http.json
+	$(BIN)/python bench/http_bench.py --wsgi $(BENCH_RUN) --json bench/results/http-wsgi.json
+	$(BIN)/python bench/report.py --write docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

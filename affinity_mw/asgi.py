@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
 from .core import DRAINING, NO_KEY_REJECTED, SERVED_BY_HEADER, AffinityCore
 from .forward import (
+    BAD_FRAMING,
     BAD_TARGET,
+    BODY_TOO_LARGE,
     POOL_EXHAUSTED,
     AsyncTransport,
+    BadFraming,
+    BodyLimit,
+    BodyTooLarge,
     ClientGone,
     ForwardError,
     PoolExhausted,
@@ -29,7 +34,7 @@ from .forward import (
 from .hop import HOP_HEADER
 from .request import RequestView
 from .router import FORWARD, LOCAL, Decision
-from .transports import AiohttpTransport, HttpxTransport
+from .transports import HttpxTransport, async_transport
 
 __all__ = ["AffinityMiddleware"]
 
@@ -71,9 +76,7 @@ class AffinityMiddleware:
     def _make_transport(self, transport: Any) -> AsyncTransport:
         options = self.core.transport_options()
         if transport is None:
-            if self.core.settings.transport == "httpx":
-                return HttpxTransport(**options)
-            return AiohttpTransport(**options)
+            return async_transport(self.core.settings.transport, **options)  # type: ignore[no-any-return]
         if hasattr(transport, "build_request"):  # an httpx.AsyncClient
             return HttpxTransport(transport, **options)
         return transport  # type: ignore[no-any-return]
@@ -91,7 +94,9 @@ class AffinityMiddleware:
 
         hop_token: bytes | None = None
         internal = False
+        header_bytes = 0
         for name, value in scope["headers"]:
+            header_bytes += len(name) + len(value)
             # ASGI header names are lower-case; "x_affinity..." is how a client might try to slip one past us.
             if name[:1] == b"x" and name[1:11].replace(b"_", b"-") == b"-affinity-":
                 internal = True
@@ -107,6 +112,12 @@ class AffinityMiddleware:
                 if marker.client_host:
                     scope["client"] = (marker.client_host, marker.client_port)
                 scope["scheme"] = marker.scheme
+            header_bytes = sum(len(name) + len(value) for name, value in scope["headers"])
+        length = _header(scope["headers"], b"content-length") if core.max_body else None
+        refusal = core.refusal(header_bytes, length)
+        if refusal is not None:  # 431/413 before routing: the same answer whichever node owns the key
+            await _plain(send, *refusal)
+            return
         client = scope.get("client")
         view = RequestView(
             scope["method"],
@@ -152,7 +163,18 @@ class AffinityMiddleware:
             if core.draining:
                 extra.append(DRAINING)
             send = _with_headers(send, extra)
-        await self.app(scope, receive, send)
+        if not (core.max_body and _unframed(scope)):
+            await self.app(scope, receive, send)
+            return
+        # A chunked body can grow past max_body while the app reads it: the app's receive then reports a
+        # disconnect and the client gets 413 (if the app has not started its response; otherwise it is aborted).
+        limited = _LimitedBody(receive, send, BodyLimit(core.max_body))
+        try:
+            await self.app(scope, limited.receive, limited.send)
+        except Exception:
+            if not limited.answered:
+                raise
+            logger.debug("affinity-mw: the app failed after its request body went over max_body", exc_info=True)
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
         method: str = scope["method"]
@@ -168,10 +190,18 @@ class AffinityMiddleware:
         if scope["query_string"]:
             target = target + b"?" + scope["query_string"]
         headers = scope["headers"]
-        content_length = body_framing(headers)
+        try:
+            content_length = body_framing(headers)
+        except BadFraming:
+            await _plain(send, *BAD_FRAMING)
+            return
         if content_length == 0 and scope.get("http_version") == "2":
             content_length = None  # HTTP/2 needs no length to carry a body: stream whatever comes
-        body = _RequestBody(receive) if content_length != 0 else None
+        body = (
+            _RequestBody(receive, self.core.body_limit() if content_length is None else None)
+            if content_length != 0
+            else None
+        )
         client = scope.get("client")
         with self.core.plan(decision, headers, tuple(client) if client else None, scope["scheme"]) as plan:
             attempts = plan.attempts(
@@ -186,11 +216,12 @@ class AffinityMiddleware:
                 try:
                     try:
                         response = await self.transport.send(request)
-                    except ClientGone:
-                        return  # the client left mid-upload: nobody to answer, and not the peer's fault
-                    except ForwardError as exc:
-                        if body is not None and body.gone:
+                    except (ClientGone, ForwardError) as exc:
+                        if body is not None and body.over:
+                            await _plain(send, *BODY_TOO_LARGE)  # the chunked body went over max_body
                             return
+                        if isinstance(exc, ClientGone) or (body is not None and body.gone):
+                            return  # the client left mid-upload: nobody to answer, and not the peer's fault
                         verdict = plan.failed(node, exc, method, body is not None and body.started)
                         if verdict is None:
                             if plan.backoff:
@@ -274,13 +305,19 @@ class _RequestBody:
     """The client's request body as an async iterator, read from ``receive`` once; records whether reading began
     (after which the request cannot be re-sent to another peer)."""
 
-    __slots__ = ("done", "gone", "receive", "started")
+    __slots__ = ("done", "gone", "limit", "receive", "started")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, limit: BodyLimit | None = None) -> None:
         self.receive = receive
+        self.limit = limit
         self.started = False
         self.done = False
         self.gone = False
+
+    @property
+    def over(self) -> bool:
+        """The body went over max_body while it was forwarded."""
+        return self.limit is not None and self.limit.over
 
     async def stream(self) -> AsyncIterator[bytes]:
         if self.started:
@@ -293,10 +330,53 @@ class _RequestBody:
                 raise ClientGone("client disconnected while sending the request body")
             chunk = message.get("body", b"")
             if chunk:
+                if self.limit is not None:
+                    self.limit.add(len(chunk))
                 yield chunk
             if not message.get("more_body", False):
                 self.done = True
                 return
+
+
+class _LimitedBody:
+    """The local app's ``receive`` and ``send`` for a body of unknown length under ``max_body``.
+
+    When the body goes over the limit before the app has started its response, the middleware answers 413 itself
+    and the app's ``receive`` reports ``http.disconnect`` (never a truncated body that looks complete); whatever
+    the app sends afterwards is dropped. If the app had already started its response, ``receive`` raises
+    :class:`BodyTooLarge` and the server aborts the connection.
+    """
+
+    __slots__ = ("_receive", "_send", "answered", "limit", "started")
+
+    def __init__(self, receive: Receive, send: Send, limit: BodyLimit) -> None:
+        self._receive = receive
+        self._send = send
+        self.limit = limit
+        self.started = False
+        self.answered = False
+
+    async def receive(self) -> Message:
+        if self.answered:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] == "http.request":
+            try:
+                self.limit.add(len(message.get("body", b"")))
+            except BodyTooLarge:
+                if self.started:
+                    raise
+                self.answered = True
+                await _plain(self._send, *BODY_TOO_LARGE)
+                return {"type": "http.disconnect"}
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.answered:
+            return
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
 
 
 class _PeerSlots:
@@ -332,6 +412,21 @@ def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
         await send(message)
 
     return send_with_headers
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _unframed(scope: Scope) -> bool:
+    """A request body whose length nobody declared (chunked, or HTTP/2 without Content-Length)."""
+    headers = scope["headers"]
+    if _header(headers, b"transfer-encoding") is not None:
+        return True
+    return scope.get("http_version") == "2" and _header(headers, b"content-length") is None
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -22,17 +22,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from .membership import StaticMembership, normalize_url
-from .ring import HashRing, Node, hash_key
+from .ring import DEFAULT_ALGORITHM, Node, Ring, build_ring, hash_key
 
 __all__ = ["main"]
 
 
-def _ring(args: argparse.Namespace) -> HashRing:
+def _ring(args: argparse.Namespace) -> Ring:
     peers = args.peers if args.peers is not None else os.environ.get("AFFINITY_PEERS", "")
     urls = [p for p in (part.strip() for part in peers.split(",")) if p]
     if not urls:
         raise SystemExit("affinity-mw: no members: pass --peers URL,URL,... or set AFFINITY_PEERS")
-    return StaticMembership(urls, vnodes=args.vnodes).ring
+    algorithm = os.environ.get("AFFINITY_RING", "").strip().lower() or DEFAULT_ALGORITHM
+    return StaticMembership(urls, vnodes=args.vnodes, algorithm=algorithm).ring
 
 
 def _print(args: argparse.Namespace, data: Any, table: list[list[str]] | None = None, footer: str = "") -> None:
@@ -93,7 +94,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         nodes[url] = Node(url, url)
     if not nodes:
         raise SystemExit("affinity-mw: simulate: no member left")
-    after = HashRing(nodes.values(), vnodes=args.vnodes)
+    after = build_ring(nodes.values(), before.algorithm, vnodes=args.vnodes)
     moved = before.moved_fraction(after)
     common = len({n.id for n in before.nodes} & set(nodes))
     # The least any scheme can move with balanced shares before and after.

@@ -178,11 +178,27 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds a forward waits for a free connection to a busy peer before answering 503 with Retry-After.",
     ),
     Option(
+        "max_header_bytes",
+        "AFFINITY_MAX_HEADER_BYTES",
+        65536,
+        _int,
+        "Largest request header block (names plus values, in bytes); larger ones get 431 before routing.",
+    ),
+    Option(
+        "max_body",
+        "AFFINITY_MAX_BODY",
+        0,
+        _int,
+        "Largest request body in bytes, 0 for no limit: a larger Content-Length gets 413 before the app or any "
+        "forward; a chunked body that grows past it is cut off with 413 (see docs/operations.md).",
+    ),
+    Option(
         "transport",
         "AFFINITY_TRANSPORT",
-        "aiohttp",
-        _choice("aiohttp", "httpx"),
-        "ASGI forwarding client: `aiohttp` (fastest measured) or `httpx`.",
+        "asyncio",
+        _choice("asyncio", "aiohttp", "httpx"),
+        "ASGI forwarding client: `asyncio` (the built-in lean HTTP/1.1 client, fastest measured), `aiohttp` or "
+        "`httpx`; WSGI uses urllib3 unless `httpx`.",
     ),
     Option("hop_max_age", "AFFINITY_HOP_MAX_AGE", 30, _int, "Seconds a hop marker stays valid."),
     Option(
@@ -230,6 +246,14 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds between active checks of set-aside peers' health path, re-admitting them early; 0 disables.",
     ),
     Option("vnodes", "AFFINITY_VNODES", 160, _int, "Virtual nodes per unit of weight on the ring."),
+    Option(
+        "ring",
+        "AFFINITY_RING",
+        "ring",
+        _choice("ring", "maglev", "rendezvous"),
+        "Who owns a key: `ring` (consistent hashing, vnodes), `maglev` (lookup table) or `rendezvous` (HRW); "
+        "every node must use the same (docs/benchmarks.md compares them).",
+    ),
     Option(
         "max_key_length",
         "AFFINITY_MAX_KEY_LENGTH",
@@ -317,7 +341,9 @@ class Settings:
     keepalive: float = 1.5
     pool_size: int = 100
     pool_timeout: float = 2.0
-    transport: str = "aiohttp"
+    max_header_bytes: int = 65536
+    max_body: int = 0
+    transport: str = "asyncio"
     hop_max_age: int = 30
     eject_after: int = 5
     eject_time: float = 30.0
@@ -326,6 +352,7 @@ class Settings:
     introspection: str = "signed"
     introspection_path: str = "/_affinity"
     vnodes: int = 160
+    ring: str = "ring"
     max_key_length: int = 1024
     trusted_proxies: int = 0
     jwt_key: str | None = None
@@ -385,6 +412,7 @@ class Settings:
             "max_key_length",
             "cookie_max_age",
             "eject_after",
+            "max_header_bytes",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -393,6 +421,12 @@ class Settings:
             errors.append("eject_time (AFFINITY_EJECT_TIME) must be a positive number of seconds")
         if self.health_interval < 0:
             errors.append("health_interval (AFFINITY_HEALTH_INTERVAL) must be 0 (off) or more seconds")
+        for name in ("ring", "transport", "no_key", "fallback"):  # keyword values skip the env parsers' checks
+            option = _BY_NAME[name]
+            try:
+                option.parse(str(getattr(self, name)))
+            except ValueError as exc:
+                errors.append(f"{name} ({option.env}): {exc}")
         if self.introspection_path and not self.introspection_path.startswith("/"):
             errors.append("introspection_path (AFFINITY_INTROSPECTION_PATH) must start with '/'")
         for part in self.introspection.split(","):
@@ -410,6 +444,8 @@ class Settings:
         for name in ("connect_timeout", "read_timeout", "keepalive", "deadline", "pool_timeout"):
             if not getattr(self, name) > 0:
                 errors.append(f"{name} ({_BY_NAME[name].env}) must be a positive number of seconds")
+        if self.max_body < 0:
+            errors.append("max_body (AFFINITY_MAX_BODY) must be 0 (no limit) or more bytes")
         if self.trusted_proxies < 0:
             errors.append("trusted_proxies (AFFINITY_TRUSTED_PROXIES) must be 0 or more")
         clustered = len(self.peers) > 1 or self.dns is not None

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .config import Settings
-from .forward import DRAINING_HEADER, ForwardPlan, Headers
+from .forward import BODY_TOO_LARGE, DRAINING_HEADER, HEADERS_TOO_LARGE, BodyLimit, ForwardPlan, Headers
 from .health import PeerHealth
 from .hop import HopSigner
 from .introspect import AUTH_HEADER, Introspection
@@ -53,7 +53,10 @@ class AffinityCore:
         self.membership = membership
         self.signer = HopSigner(settings.secret, max_age=settings.hop_max_age) if settings.secret else None
         self.health = PeerHealth(
-            eject_after=settings.eject_after, base=settings.eject_time, max_ejection=settings.eject_time * 10
+            eject_after=settings.eject_after,
+            base=settings.eject_time,
+            max_ejection=settings.eject_time * 10,
+            hold_draining=settings.health_interval > 0,
         )
         self.router = Router(
             membership=membership,
@@ -69,12 +72,15 @@ class AffinityCore:
         self.debug_headers = settings.debug_headers
         self.fallback_local = settings.fallback == "local"
         self.health_path = settings.health_path
+        self.max_header_bytes = settings.max_header_bytes
+        self.max_body = settings.max_body
         self.introspection = Introspection(self)
         # Adapters test request paths against these with one str.startswith before routing anything.
         self.internal_prefixes = tuple(p for p in (settings.health_path, self.introspection.path) if p)
         self.draining = False
         # [forwards in flight, of which retries]: the retry budget's inputs, per worker process.
         self.inflight = [0, 0]
+        self.inflight_lock = threading.Lock()
         self._checker: threading.Thread | None = None
         if settings.health_interval > 0:
             self._start_checker()
@@ -100,6 +106,29 @@ class AffinityCore:
         if self.signer is None:  # Settings requires a secret whenever there is a peer to forward to
             raise RuntimeError("affinity-mw cannot forward without AFFINITY_SECRET")
         return ForwardPlan(self, decision, headers, client, scheme)
+
+    def refusal(self, header_bytes: int, content_length: bytes | str | None) -> tuple[int, bytes] | None:
+        """The 431 or 413 a request gets before routing (DESIGN.md 6.14), or ``None`` to go on.
+
+        ``header_bytes`` is the sum of the name and value lengths of the request's header lines, as the first
+        node saw them (on a hop, measured after the forwarder's own headers were removed), so the answer never
+        depends on which node owns the key. ``content_length`` is the declared length; a malformed one is left
+        to the framing checks.
+        """
+        if header_bytes > self.max_header_bytes:
+            return HEADERS_TOO_LARGE
+        if self.max_body and content_length:
+            try:
+                declared = int(content_length)
+            except ValueError:
+                return None
+            if declared > self.max_body:
+                return BODY_TOO_LARGE
+        return None
+
+    def body_limit(self) -> BodyLimit | None:
+        """A counter for one streamed request body, or ``None`` when ``max_body`` is 0 (no limit)."""
+        return BodyLimit(self.max_body) if self.max_body else None
 
     def debug_headers_for(self, decision: Decision) -> Headers:
         """``X-Affinity-Served-By`` and ``X-Affinity-Owner`` for a response this node produced or relayed."""

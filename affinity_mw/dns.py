@@ -8,8 +8,8 @@ signed hop marker still limits every request to one hop, and the ring checksum m
 How it behaves, and why:
 
 * **The router reads two attributes, ``ring`` and ``self_id``, once per request, with no lock.** The refresh
-  thread builds a complete new :class:`~affinity_mw.ring.HashRing` off the hot path and swaps ``self.ring`` in
-  one assignment, so a request always finishes on the ring it started with.
+  thread builds a complete new ring (:func:`~affinity_mw.ring.build_ring`, of the configured algorithm) off the
+  hot path and swaps ``self.ring`` in one assignment, so a request always finishes on the ring it started with.
 * **DNS never empties the ring.** A timeout, an unreachable server, SERVFAIL, NXDOMAIN or an empty answer keeps
   the last good membership: a resolver hiccup must not make every node believe it is alone (each would then
   serve every key locally, and all the per-key state would scatter). Failures are counted in :attr:`stats`
@@ -46,7 +46,7 @@ import dns.rdatatype
 import dns.resolver
 
 from .membership import normalize_url
-from .ring import DEFAULT_VNODES, HashRing, Node
+from .ring import DEFAULT_ALGORITHM, DEFAULT_VNODES, Node, Ring, build_ring
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -212,7 +212,7 @@ class DnsMembership:
     lookup and starts the thread; tests and custom set-ups call :meth:`refresh` and :meth:`start` themselves.
     """
 
-    ring: HashRing
+    ring: Ring
     self_id: str | None
 
     def __init__(
@@ -224,6 +224,7 @@ class DnsMembership:
         nameservers: Iterable[str] = (),
         refresh: float = 5.0,
         vnodes: int = DEFAULT_VNODES,
+        algorithm: str = DEFAULT_ALGORITHM,
         self_url: str | None = None,
         timeout: float = 1.0,
         lifetime: float = 2.0,
@@ -251,12 +252,14 @@ class DnsMembership:
         self.scheme = scheme
         self.refresh_interval = float(refresh)
         self.vnodes = vnodes
+        self.algorithm = algorithm
         self._self_url = normalize_url(self_url) if self_url else None
         self._nameservers = parse_nameservers(nameservers)
         self._resolver = self._make_resolver(timeout, lifetime)
         self._lifetime = lifetime
 
-        self.ring = HashRing((), vnodes=vnodes)  # empty until the first good answer: the router serves locally
+        # Empty until the first good answer: the router serves locally.
+        self.ring = build_ring((), algorithm, vnodes=vnodes)
         self.self_id = self._self_url
         self._good = False
         self._ttl: float | None = None
@@ -305,6 +308,7 @@ class DnsMembership:
             nameservers=settings.dns_nameserver,
             refresh=settings.dns_refresh,
             vnodes=settings.vnodes,
+            algorithm=settings.ring,
             self_url=settings.self_url,
         )
         membership.refresh()
@@ -523,7 +527,8 @@ class DnsMembership:
         if set(nodes) == set(old.nodes):
             self.self_id = new_self
             return
-        new = HashRing(nodes, vnodes=self.vnodes)  # raises ValueError for an oversized ring: counted as failure
+        # Raises ValueError for an oversized ring (or Maglev table): counted as a failure.
+        new = build_ring(nodes, self.algorithm, vnodes=self.vnodes)
         # Self first: a request between the two stores sees the new self on the old ring or vice versa, and
         # either only costs a hop that the marker still bounds.
         self.self_id = new_self

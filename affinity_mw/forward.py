@@ -93,6 +93,31 @@ class ClientGone(Exception):
     """The client went away (disconnected mid-upload or mid-download): nothing to answer, and not the peer's fault."""
 
 
+class BodyTooLarge(ClientGone):
+    """The request body grew past ``max_body`` while it streamed: 413 if no response has started, else an abort.
+
+    A subclass of :class:`ClientGone` so the transports, which recognise that on the cause chain of their own
+    errors, stop the forward the same way; the adapters tell the two apart by :attr:`BodyLimit.over`."""
+
+
+class BodyLimit:
+    """Counts a streamed request body against ``max_body`` (DESIGN.md 6.14); one per request, shared by every
+    adapter. :meth:`add` raises :class:`BodyTooLarge` once the running total passes the limit."""
+
+    __slots__ = ("limit", "over", "seen")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen = 0
+        self.over = False
+
+    def add(self, size: int) -> None:
+        self.seen += size
+        if self.seen > self.limit:
+            self.over = True
+            raise BodyTooLarge(f"request body over {self.limit} bytes (AFFINITY_MAX_BODY)")
+
+
 class PoolExhausted(Exception):
     """Every connection to the peer stayed busy for the whole pool wait: 503 with Retry-After, never a queue."""
 
@@ -200,19 +225,36 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
     return [(name, value) for name, value in items if name not in drop]
 
 
+class BadFraming(ValueError):
+    """The request's Content-Length / Transfer-Encoding disagree or are malformed (a smuggling attempt)."""
+
+
 def body_framing(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     """The request body's length as the server parsed it: ``0`` for none, ``None`` for chunked.
 
-    The server has already validated the framing and enforces it while delivering the body, so this length is
-    what will actually be sent, not merely what the client claimed.
+    The server enforces its framing while delivering the body, so this length is what will actually be sent.
+    Servers disagree on ambiguous framing, though (h11 lets Transfer-Encoding win over a Content-Length, as RFC
+    9112 6.3 permits), so a request whose framing two parsers could read differently raises ``BadFraming`` and is
+    answered 400 rather than forwarded: Content-Length with Transfer-Encoding, Content-Lengths that differ, a
+    Transfer-Encoding other than ``chunked``, a Content-Length that is not all digits.
     """
-    length = 0
+    length: int | None = None
+    chunked = False
     for name, value in headers:
         if name == b"transfer-encoding":
-            return None
-        if name == b"content-length":
+            if chunked or value.strip().lower() != b"chunked":
+                raise BadFraming("Transfer-Encoding must be exactly one 'chunked'")
+            chunked = True
+        elif name == b"content-length":
+            value = value.strip()
+            if not value.isdigit() or (length is not None and int(value) != length):
+                raise BadFraming("malformed or conflicting Content-Length")
             length = int(value)
-    return length
+    if chunked:
+        if length is not None:
+            raise BadFraming("both Content-Length and Transfer-Encoding")
+        return None
+    return length or 0
 
 
 def bodiless(method: str, status: int) -> bool:
@@ -224,7 +266,10 @@ DRAINING_HEADER = b"x-affinity-draining"
 CANNOT_REACH = (502, b"No owner of this key could be reached.\n")
 GATEWAY_TIMEOUT = (504, b"The key's owner did not answer in time.\n")
 BAD_TARGET = (400, b"The request target must be a path (origin-form).\n")
+BAD_FRAMING = (400, b"The request's Content-Length and Transfer-Encoding conflict or are malformed.\n")
 POOL_EXHAUSTED = (503, b"The key's owner is busy; retry shortly.\n")
+HEADERS_TOO_LARGE = (431, b"The request's header fields are too large (AFFINITY_MAX_HEADER_BYTES).\n")
+BODY_TOO_LARGE = (413, b"The request body is too large (AFFINITY_MAX_BODY).\n")
 
 
 class ForwardPlan:
@@ -280,14 +325,16 @@ class ForwardPlan:
         self.deadline = time.monotonic() + core.settings.deadline
 
     def __enter__(self) -> ForwardPlan:
-        self.core.inflight[0] += 1
+        with self.core.inflight_lock:
+            self.core.inflight[0] += 1
         return self
 
     def __exit__(self, *exc: object) -> None:
         inflight = self.core.inflight
-        inflight[0] -= 1
-        if self._retrying:
-            inflight[1] -= 1
+        with self.core.inflight_lock:
+            inflight[0] -= 1
+            if self._retrying:
+                inflight[1] -= 1
 
     def remaining(self) -> float:
         """Seconds left of the overall deadline that covers every attempt until response headers."""
@@ -350,16 +397,16 @@ class ForwardPlan:
                 return 502, b"The key's owner failed while receiving the request body.\n"
             return None
         inflight = core.inflight
-        if (
-            method in IDEMPOTENT
-            and not body_started
-            and not self.retried
-            and inflight[1] < max(3, 0.2 * inflight[0])
-            and self.remaining() > 0
-        ):
+        retry = False
+        if method in IDEMPOTENT and not body_started and not self.retried and self.remaining() > 0:
+            # Check and take a place in the budget at once: gthread workers run many plans on threads.
+            with core.inflight_lock:
+                retry = inflight[1] < max(3, 0.2 * inflight[0])
+                if retry:
+                    inflight[1] += 1
+        if retry:
             logger.warning("affinity-mw: %s failed before answering (%s); retrying once", node.id, exc)
             self.retried = self._retrying = True
-            inflight[1] += 1
             core.counters["retries"] += 1
             self.backoff = random.uniform(0, 0.025)
             return None

@@ -5,10 +5,13 @@ reset, timeout, 5xx) is ejected for ``base`` seconds times the number of times i
 re-admitted. An ejected or draining peer's keys go to its ring successors only, exactly as if it had left the
 ring, so nothing else moves; when it comes back its keys come back.
 
-A peer that answers with ``X-Affinity-Draining`` is shutting down: it is set aside at once for ``base`` seconds
-(sooner if an active check sees it healthy again). This node never ejects itself, so at least one host always
-remains. State is per worker process, like the connection pool it protects; the hot path reads one attribute
-(``any_ejected``) when every peer is healthy.
+A peer that answers with ``X-Affinity-Draining`` is shutting down: it is set aside at once for ``base`` seconds,
+or, with active checks on (``hold_draining``), until a check sees it healthy again (at most ``max_ejection``). A
+fixed hold can run out while the peer is still stopping: gunicorn's worker keeps its listening socket open (but
+stops accepting) for up to 2 s after SIGTERM, so a request sent then connects, is never read, and is reset.
+
+This node never ejects itself, so at least one host always remains. State is per worker process, like the
+connection pool it protects; the hot path reads one attribute (``any_ejected``) when every peer is healthy.
 """
 
 from __future__ import annotations
@@ -42,11 +45,13 @@ class PeerHealth:
         eject_after: int = 5,
         base: float = 30.0,
         max_ejection: float = 300.0,
+        hold_draining: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.eject_after = eject_after
         self.base = base
         self.max_ejection = max_ejection
+        self.hold_draining = hold_draining
         self.clock = clock
         self._peers: dict[str, _Peer] = {}
         self._lock = threading.Lock()
@@ -90,8 +95,9 @@ class PeerHealth:
     def draining(self, node_id: str) -> None:
         with self._lock:
             peer = self._peers.setdefault(node_id, _Peer())
-            if peer.ejected_until <= self.clock():
-                self._eject(node_id, peer, self.base, "draining")
+            hold = self.max_ejection if self.hold_draining else self.base
+            if peer.ejected_until < self.clock() + hold:
+                self._eject(node_id, peer, hold, "draining")
 
     def readmit(self, node_id: str) -> None:
         """An active check saw the peer healthy: use it again now, and forget its failure streak."""

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .ring import HashRing, Node
+from .ring import DEFAULT_ALGORITHM, Node, build_ring
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -55,10 +55,17 @@ class StaticMembership:
 
     ``self_url`` names this node. It may be omitted only for a single-member cluster (that member is then this
     node) or for a node that is deliberately not a member: such a node forwards every keyed request and serves
-    locally only what carries a valid hop marker.
+    locally only what carries a valid hop marker. ``algorithm`` is the ring algorithm (``AFFINITY_RING``).
     """
 
-    def __init__(self, peers: Iterable[str], self_url: str | None = None, *, vnodes: int = 160) -> None:
+    def __init__(
+        self,
+        peers: Iterable[str],
+        self_url: str | None = None,
+        *,
+        vnodes: int = 160,
+        algorithm: str = DEFAULT_ALGORITHM,
+    ) -> None:
         seen: dict[str, str] = {}
         nodes: list[Node] = []
         for raw in peers:
@@ -77,7 +84,7 @@ class StaticMembership:
         elif len(nodes) == 1:
             self_id = nodes[0].id
         self.self_id = self_id
-        self.ring = HashRing(nodes, vnodes=vnodes)
+        self.ring = build_ring(nodes, algorithm, vnodes=vnodes)
 
     def __repr__(self) -> str:
         return f"StaticMembership(self={self.self_id!r}, ring={self.ring!r})"
@@ -89,4 +96,4 @@ def membership_from_settings(settings: Settings) -> Any:
         from .dns import DnsMembership
 
         return DnsMembership.from_settings(settings)
-    return StaticMembership(settings.peers, settings.self_url, vnodes=settings.vnodes)
+    return StaticMembership(settings.peers, settings.self_url, vnodes=settings.vnodes, algorithm=settings.ring)

@@ -15,7 +15,7 @@ from .health import PeerHealth
 from .hop import HopMarker, HopSigner
 from .keys import Extractor
 from .request import RequestView
-from .ring import HashRing, Node, hash_key
+from .ring import Node, Ring, hash_key
 
 __all__ = ["Decision", "Router"]
 
@@ -58,7 +58,7 @@ class Decision:
         self,
         action: str,
         reason: str,
-        ring: HashRing,
+        ring: Ring,
         key: str | None = None,
         key_hash: int | None = None,
         owner: Node | None = None,
@@ -136,7 +136,7 @@ class Router:
         self.max_key_length = max_key_length
         self.health = health if health is not None else PeerHealth()
         self.counters: Counter[str] = Counter()
-        self._ring_seen: HashRing | None = None
+        self._ring_seen: Ring | None = None
         self._hashes: dict[str, int] = {}
 
     def extract(self, view: RequestView) -> str | None:
@@ -182,7 +182,7 @@ class Router:
         return decision
 
     def _decide(self, view: RequestView, marker: HopMarker | None) -> Decision:
-        ring: HashRing = self.membership.ring
+        ring: Ring = self.membership.ring
         counters = self.counters
         key = self.extract(view)
         if marker is not None:
@@ -232,7 +232,7 @@ class Router:
         counters["forwarded"] += 1
         return decision
 
-    def _hop(self, ring: HashRing, key: str | None, marker: HopMarker, self_id: str | None) -> Decision:
+    def _hop(self, ring: Ring, key: str | None, marker: HopMarker, self_id: str | None) -> Decision:
         """A peer routed this here: serve it whatever our ring says, and record any disagreement."""
         counters = self.counters
         counters["hop"] += 1

@@ -13,13 +13,16 @@ proxies from the environment, no redirects followed, no retries of its own (the 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import http.cookiejar
+import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from .forward import (
+    IDEMPOTENT,
     BadResponse,
     ClientGone,
     ConnectFailed,
@@ -65,6 +68,44 @@ class _AiohttpResponse:
             self._resp.close()
 
 
+class _ConnState:
+    """What one forward's connection attempts learned: was the pooled connection reused, must the next be fresh."""
+
+    __slots__ = ("fresh", "reused")
+
+    def __init__(self) -> None:
+        self.reused = False
+        self.fresh = False
+
+
+_AIOHTTP_CONN: contextvars.ContextVar[_ConnState | None] = contextvars.ContextVar("affinity_conn", default=None)
+_connector_class: Any = None
+
+
+def _aiohttp_connector(**options: Any) -> Any:
+    """A ``TCPConnector`` that tells the forward whether its connection came from the pool (``_ConnState``), and
+    hands out only a fresh connection when asked: the one retry a stale pooled connection deserves (rule 5)."""
+    global _connector_class
+    if _connector_class is None:
+        import aiohttp
+
+        class Connector(aiohttp.TCPConnector):
+            async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+                conn = await super().connect(req, traces, timeout)
+                state = _AIOHTTP_CONN.get()
+                if state is not None:
+                    while state.fresh and getattr(conn.protocol, "_affinity_used", False):
+                        conn.close()  # idle as long as the stale one: discard, never reuse for the retry
+                        conn = await super().connect(req, traces, timeout)
+                    proto: Any = conn.protocol
+                    state.reused = getattr(proto, "_affinity_used", False)
+                    proto._affinity_used = True
+                return conn
+
+        _connector_class = Connector
+    return _connector_class(**options)
+
+
 class AiohttpTransport:
     """The default ASGI transport: one ``aiohttp.ClientSession`` per worker and event loop, created lazily in the
     running loop (a session is bound to the loop that made it; test clients and some hosts run several).
@@ -101,7 +142,7 @@ class AiohttpTransport:
         for key, (other, _) in list(self._sessions.items()):
             if other.is_closed():
                 del self._sessions[key]
-        connector = aiohttp.TCPConnector(
+        connector = _aiohttp_connector(
             limit=0, limit_per_host=self.pool_size, keepalive_timeout=self.keepalive, ttl_dns_cache=10
         )
         session = aiohttp.ClientSession(
@@ -142,18 +183,36 @@ class AiohttpTransport:
             timeout = aiohttp.ClientTimeout(
                 total=None, connect=None, sock_connect=self.connect_timeout, sock_read=read_timeout
             )
+        # A bodiless idempotent request that fails on a reused pooled connection (the peer closed it as we sent)
+        # is retried once on a fresh connection to the same peer: nothing says the peer is unwell (rule 5).
+        state = _ConnState()
+        token = _AIOHTTP_CONN.set(state)
         try:
-            resp = await session.request(
-                request.method,
-                # Safe to join: the adapters only forward origin-form targets ("/..."), so the host is ours.
-                URL(request.url_base + request.target, encoded=True),
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                compress=None,
-                chunked=None,
-                **({"timeout": timeout} if timeout is not None else {}),
-            )
+            while True:
+                try:
+                    resp = await session.request(
+                        request.method,
+                        # Safe to join: the adapters only forward origin-form targets ("/..."), so the host is ours.
+                        URL(request.url_base + request.target, encoded=True),
+                        headers=headers,
+                        data=data,
+                        allow_redirects=False,
+                        compress=None,
+                        chunked=None,
+                        **({"timeout": timeout} if timeout is not None else {}),
+                    )
+                    break
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    if (
+                        state.reused
+                        and not state.fresh
+                        and data is None
+                        and request.method in IDEMPOTENT
+                        and not isinstance(exc, aiohttp.ClientConnectorError)
+                    ):
+                        state.fresh = True
+                        continue
+                    raise
         except ClientGone:
             raise
         except aiohttp.ClientConnectorError as exc:
@@ -168,6 +227,8 @@ class AiohttpTransport:
             if client_gone(exc):
                 raise ClientGone(str(exc)) from exc
             raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            _AIOHTTP_CONN.reset(token)
         return _AiohttpResponse(resp)
 
     async def aclose(self) -> None:
@@ -354,9 +415,11 @@ class Urllib3Transport:
             retries=False,
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
         )
+        # Per thread: the connection state of the forward this thread is sending (see _expiring).
+        self._conn = threading.local()
         self._pool.pool_classes_by_scheme = {
-            "http": _expiring(urllib3.HTTPConnectionPool, keepalive),
-            "https": _expiring(urllib3.HTTPSConnectionPool, keepalive),
+            "http": _expiring(urllib3.HTTPConnectionPool, keepalive, self._conn),
+            "https": _expiring(urllib3.HTTPSConnectionPool, keepalive, self._conn),
         }
         self._skip = urllib3.util.SKIP_HEADER
 
@@ -382,21 +445,32 @@ class Urllib3Transport:
         read_timeout = self.read_timeout
         if request.read_timeout is not None and request.read_timeout < read_timeout:
             read_timeout = max(request.read_timeout, 0.001)
+        # A bodiless idempotent request that fails on a reused pooled connection (the peer closed it as we sent)
+        # is retried once on a fresh connection to the same peer: nothing says the peer is unwell (rule 5).
+        state = self._conn.state = _ConnState()
         try:
-            # The target goes to the peer's own pool as the request path: it can never choose another host.
-            resp = self._pool.connection_from_url(request.url_base).urlopen(
-                request.method,
-                request.target,
-                body=request.body,  # type: ignore[arg-type]  # a sync iterable: the WSGI adapter builds it
-                headers=headers,
-                chunked=chunked,
-                redirect=False,
-                retries=False,
-                preload_content=False,
-                decode_content=False,
-                assert_same_host=False,
-                timeout=urllib3.Timeout(connect=self.connect_timeout, read=read_timeout),
-            )
+            while True:
+                try:
+                    # The target goes to the peer's own pool as the request path: it can never choose another host.
+                    resp = self._pool.connection_from_url(request.url_base).urlopen(
+                        request.method,
+                        request.target,
+                        body=request.body,  # type: ignore[arg-type]  # a sync iterable: the WSGI adapter builds it
+                        headers=headers,
+                        chunked=chunked,
+                        redirect=False,
+                        retries=False,
+                        preload_content=False,
+                        decode_content=False,
+                        assert_same_host=False,
+                        timeout=urllib3.Timeout(connect=self.connect_timeout, read=read_timeout),
+                    )
+                    break
+                except (urllib3.exceptions.ProtocolError, OSError):
+                    if state.reused and not state.fresh and request.body is None and request.method in IDEMPOTENT:
+                        state.fresh = True
+                        continue
+                    raise
         except ClientGone:
             raise
         except urllib3.exceptions.ConnectTimeoutError as exc:  # NewConnectionError is a subclass
@@ -407,22 +481,30 @@ class Urllib3Transport:
             if client_gone(exc):
                 raise ClientGone(str(exc)) from exc
             raise SendFailed(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            self._conn.state = None
         return _Urllib3Response(resp)
 
     def close(self) -> None:
         self._pool.clear()
 
 
-def _expiring(base: Any, keepalive: float) -> Any:
+def _expiring(base: Any, keepalive: float, local: threading.local) -> Any:
     """A urllib3 pool class that closes connections idle for more than ``keepalive`` seconds before reusing them
-    (a closed urllib3 connection reconnects on its next request)."""
+    (a closed urllib3 connection reconnects on its next request). It records in the sending thread's
+    ``_ConnState`` whether the connection handed out is a reused one, and closes it when a fresh one is asked for."""
 
     class ExpiringPool(base):  # type: ignore[misc]
         def _get_conn(self, timeout: float | None = None) -> Any:
             conn = super()._get_conn(timeout)
             idle_since = getattr(conn, "_affinity_idle_since", None)
-            if idle_since is not None and time.monotonic() - idle_since > keepalive:
+            state = getattr(local, "state", None)
+            if idle_since is not None and (
+                time.monotonic() - idle_since > keepalive or (state is not None and state.fresh)
+            ):
                 conn.close()
+            if state is not None:
+                state.reused = getattr(conn, "sock", None) is not None
             return conn
 
         def _put_conn(self, conn: Any) -> None:
@@ -514,3 +596,14 @@ def _httpx_headers(request: UpstreamRequest) -> Headers:
 
 # Methods whose requests carry no body by convention: a forward of one without a body sends no Content-Length.
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
+
+
+def async_transport(name: str, **options: Any) -> Any:
+    """The ASGI transport ``AFFINITY_TRANSPORT`` names, built with the core's pool and timeout options."""
+    if name == "httpx":
+        return HttpxTransport(**options)
+    if name == "asyncio":
+        from .h1 import AsyncioTransport
+
+        return AsyncioTransport(**options)
+    return AiohttpTransport(**options)

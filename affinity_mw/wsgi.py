@@ -8,6 +8,7 @@ peer connection back to the pool, or discards it if the client went away mid-bod
 
 from __future__ import annotations
 
+import functools
 import http
 import threading
 import time
@@ -17,8 +18,12 @@ from urllib.parse import quote
 
 from .core import DRAINING, NO_KEY_REJECTED, SERVED_BY_HEADER, AffinityCore
 from .forward import (
+    BAD_FRAMING,
     BAD_TARGET,
+    BODY_TOO_LARGE,
     POOL_EXHAUSTED,
+    BadFraming,
+    BodyLimit,
     ClientGone,
     ForwardError,
     Headers,
@@ -96,6 +101,10 @@ class AffinityWSGIMiddleware:
             # Strip our headers, and on a hop show the request as the first node saw it: the key is then
             # extracted from the same request on both nodes (an `ip` key included).
             environ = _restore(environ, marker)
+        core = self.core
+        refusal = core.refusal(environ_header_bytes(environ), environ.get("CONTENT_LENGTH") if core.max_body else None)
+        if refusal is not None:  # 431/413 before routing: the same answer whichever node owns the key
+            return _plain(start_response, *refusal)
         view = _EnvironView(environ)
         decision = self.router.decide(view, marker)
         if decision.action == LOCAL:
@@ -108,6 +117,9 @@ class AffinityWSGIMiddleware:
         environ[DECISION_KEY] = decision
         core = self.core
         decision.served_by = core.self_id
+        app = self.app
+        if core.max_body and "HTTP_TRANSFER_ENCODING" in environ:
+            app = functools.partial(_limited_app, app, core.max_body)
         if core.debug_headers or core.draining:
             raw = core.debug_headers_for(decision) if core.debug_headers else []
             if core.draining:
@@ -117,8 +129,8 @@ class AffinityWSGIMiddleware:
             def start_with_headers(status: str, response_headers: list[tuple[str, str]], *exc_info: Any) -> Any:
                 return start_response(status, [*response_headers, *extra], *exc_info)
 
-            return self.app(environ, start_with_headers)
-        return self.app(environ, start_response)
+            return app(environ, start_with_headers)
+        return app(environ, start_response)
 
     def _forward(
         self, environ: Environ, start_response: StartResponse, decision: Decision, headers: Headers
@@ -135,8 +147,12 @@ class AffinityWSGIMiddleware:
             if method == "OPTIONS" and target == "*":
                 return self._serve_local(environ, start_response, decision)
             return _plain(start_response, *BAD_TARGET)
-        content_length = body_framing(headers)
-        body = _RequestBody(environ["wsgi.input"], content_length) if content_length != 0 else None
+        try:
+            content_length = body_framing(headers)
+        except BadFraming:
+            return _plain(start_response, *BAD_FRAMING)
+        limit = self.core.body_limit() if content_length is None else None
+        body = _RequestBody(environ["wsgi.input"], content_length, limit) if content_length != 0 else None
         remote = environ.get("REMOTE_ADDR")
         client = (remote, int(environ.get("REMOTE_PORT") or 0)) if remote else None
         with self.core.plan(decision, headers, client, environ.get("wsgi.url_scheme", "http")) as plan:
@@ -146,11 +162,12 @@ class AffinityWSGIMiddleware:
                     return _plain(start_response, *POOL_EXHAUSTED, extra=[("Retry-After", "1")])
                 try:
                     response = self.transport.send(request)
-                except ClientGone:
+                except (ClientGone, ForwardError) as exc:
                     slot.release()
-                    return []  # the client left mid-upload: nobody to answer, not the peer's fault
-                except ForwardError as exc:
-                    slot.release()
+                    if body is not None and body.over:
+                        return _plain(start_response, *BODY_TOO_LARGE)  # the chunked body went over max_body
+                    if isinstance(exc, ClientGone):
+                        return []  # the client left mid-upload: nobody to answer, not the peer's fault
                     verdict = plan.failed(node, exc, method, body is not None and body.started)
                     if verdict is None:
                         if plan.backoff:
@@ -282,12 +299,18 @@ class _RequestBody:
     """The client's body read from ``wsgi.input`` once, in blocks; records whether reading began (after which
     the request cannot be re-sent elsewhere)."""
 
-    __slots__ = ("length", "started", "stream_in")
+    __slots__ = ("length", "limit", "started", "stream_in")
 
-    def __init__(self, stream_in: Any, length: int | None) -> None:
+    def __init__(self, stream_in: Any, length: int | None, limit: BodyLimit | None = None) -> None:
         self.stream_in = stream_in
         self.length = length
+        self.limit = limit
         self.started = False
+
+    @property
+    def over(self) -> bool:
+        """The body went over max_body while it was forwarded."""
+        return self.limit is not None and self.limit.over
 
     def stream(self) -> Iterator[bytes]:
         if self.started:
@@ -296,7 +319,10 @@ class _RequestBody:
         read = self.stream_in.read
         try:
             if self.length is None:  # chunked: the server decodes it and signals the end with b""
+                limit = self.limit
                 while chunk := read(65536):
+                    if limit is not None:
+                        limit.add(len(chunk))
                     yield chunk
                 return
             remaining = self.length
@@ -310,12 +336,91 @@ class _RequestBody:
             raise ClientGone(str(exc)) from exc
 
 
+class _LimitedInput:
+    """``wsgi.input`` for a chunked body under ``max_body``: reads raise
+    :class:`~affinity_mw.forward.BodyTooLarge` once the body has gone over the limit."""
+
+    __slots__ = ("_stream", "limit")
+
+    def __init__(self, stream: Any, limit: BodyLimit) -> None:
+        self._stream = stream
+        self.limit = limit
+
+    def read(self, *size: Any) -> bytes:
+        data: bytes = self._stream.read(*size)
+        self.limit.add(len(data))
+        return data
+
+    def readline(self, *size: Any) -> bytes:
+        data: bytes = self._stream.readline(*size)
+        self.limit.add(len(data))
+        return data
+
+    def readlines(self, *hint: Any) -> list[bytes]:
+        lines: list[bytes] = self._stream.readlines(*hint)
+        self.limit.add(sum(len(line) for line in lines))
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+
+def _limited_app(app: WSGIApp, limit: int, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """Run the local app on a chunked body under ``max_body``.
+
+    Once the body goes over the limit, reading ``wsgi.input`` raises ``BodyTooLarge``; if the app had not started
+    its response, the client gets 413 whatever the app answers then (an exception, a 500, or even a 200 after
+    catching it), since a body it could not read in full must never look handled. If it had started its response,
+    the exception is the app's and the server's to deal with (typically an aborted connection).
+    """
+    body = _LimitedInput(environ["wsgi.input"], BodyLimit(limit))
+    environ["wsgi.input"] = body
+    started = False
+
+    def start(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+        nonlocal started
+        if body.limit.over and not started:
+            return _discard  # replaced by the 413 below
+        started = True
+        return start_response(status, headers, *exc_info)
+
+    try:
+        result = app(environ, start)
+    except Exception:
+        if started or not body.limit.over:
+            raise
+        return _plain(start_response, *BODY_TOO_LARGE)
+    if body.limit.over and not started:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        return _plain(start_response, *BODY_TOO_LARGE)
+    return result
+
+
+def _discard(data: bytes) -> None:
+    pass
+
+
+def environ_header_bytes(environ: Environ) -> int:
+    """The size of the request's header block (names plus values) as the client sent it, from a WSGI environ."""
+    size = 0
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            size += len(key) - 5 + len(value)
+    if "CONTENT_TYPE" in environ:
+        size += 12 + len(environ["CONTENT_TYPE"])
+    if "CONTENT_LENGTH" in environ:
+        size += 14 + len(environ["CONTENT_LENGTH"])
+    return size
+
+
 def environ_headers(environ: Environ) -> Headers:
     """The request headers in ASGI's shape (lower-case byte names), rebuilt from a WSGI environ.
 
     WSGI has already joined repeated headers with commas and folded ``-`` into ``_``; ``CONTENT_TYPE`` and
-    ``CONTENT_LENGTH`` are restored as headers. ``Transfer-Encoding`` (kept by gunicorn and Werkzeug as
-    ``HTTP_TRANSFER_ENCODING``) wins over a length, so a chunked body is forwarded chunked. ``wsgi.input_terminated``
+    ``CONTENT_LENGTH`` are restored as headers, next to ``Transfer-Encoding`` (kept by gunicorn and Werkzeug as
+    ``HTTP_TRANSFER_ENCODING``) so ``body_framing`` can refuse a request that carries both. ``wsgi.input_terminated``
     is no sign of a body: gunicorn sets it on every request.
     """
     headers: Headers = []
@@ -324,7 +429,7 @@ def environ_headers(environ: Environ) -> Headers:
             headers.append((key[5:].replace("_", "-").lower().encode("latin-1"), value.encode("latin-1")))
     if environ.get("CONTENT_TYPE"):
         headers.append((b"content-type", environ["CONTENT_TYPE"].encode("latin-1")))
-    if environ.get("CONTENT_LENGTH") and "HTTP_TRANSFER_ENCODING" not in environ:
+    if environ.get("CONTENT_LENGTH"):
         headers.append((b"content-length", environ["CONTENT_LENGTH"].encode("latin-1")))
     return headers
 

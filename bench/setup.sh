@@ -8,11 +8,12 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 
-if ! command -v wrk >/dev/null 2>&1; then
-    echo "setup: installing wrk from Debian"
+# wrk drives the load; nginx is the reference proxy hop (`hash $http_x_tenant consistent`).
+if ! command -v wrk >/dev/null 2>&1 || { ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; }; then
+    echo "setup: installing wrk and nginx from Debian"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq wrk
+    apt-get install -y -qq --no-install-recommends wrk nginx-light || apt-get install -y -qq --no-install-recommends wrk nginx
 fi
 wrk --version 2>&1 | head -n 1 || true
 

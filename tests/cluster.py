@@ -98,14 +98,27 @@ class ServerNode:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def worker_pid(self) -> int:
+        """The pid that runs the middleware: uvicorn's own process, or gunicorn's (single) worker."""
+        assert self.proc is not None
+        pid = self.proc.pid
+        children: list[str] = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                children += (task / "children").read_text().split()
+        return int(children[0]) if children and self.cmd[2] == "gunicorn" else pid
+
 
 def server_command(kind: str, app: str, host: str, port: int) -> list[str]:
     """The command line of one node: 1 uvicorn worker, 1 gunicorn worker of the given class, or Werkzeug's
     development server."""
-    if kind == "uvicorn":
+    if kind in ("uvicorn", "uvicorn-httptools"):
+        # Pinned, never uvicorn's "auto": plain uvicorn (h11, asyncio) unless the stack names uvicorn[standard]'s
+        # httptools and uvloop, so a test means the same thing whatever else is installed.
+        http, loop = ("httptools", "uvloop") if kind == "uvicorn-httptools" else ("h11", "asyncio")
         return [
-            sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port),
-            "--log-level", "warning", "--no-access-log",
+            sys.executable, "-m", "uvicorn", app, "--host", host, "--port", str(port), "--http", http,
+            "--loop", loop, "--log-level", "warning", "--no-access-log",
         ]  # fmt: skip
     if kind in ("gunicorn-sync", "gunicorn-gthread"):
         worker = kind.split("-")[1]

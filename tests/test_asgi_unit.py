@@ -378,3 +378,158 @@ def test_retry_budget_caps_retries_under_load() -> None:
     mw.core.inflight[:] = [10, 3]  # 10 forwards in flight, 3 of them retries: max(3, 20%) reached
     _, sent = call(mw, tenant)
     assert sent[0]["status"] == 502
+
+
+# ------------------------------------------------------------------------------------- limits (DESIGN.md 6.14)
+
+
+def call_chunked(
+    mw: AffinityMiddleware, tenant: str, parts: list[bytes], headers: list[tuple[bytes, bytes]] | None = None
+) -> list[dict[str, Any]]:
+    """A POST whose body arrives in ``parts`` with no declared length (chunked)."""
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "POST",
+        "path": "/p",
+        "raw_path": b"/p",
+        "query_string": b"",
+        "headers": [(b"x-tenant", tenant.encode()), (b"transfer-encoding", b"chunked"), *(headers or [])],
+        "client": ("10.9.9.9", 1234),
+        "scheme": "http",
+        "server": ("127.0.0.1", 1),
+    }
+    messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(mw(scope, receive, send))
+    return sent
+
+
+@pytest.mark.parametrize("owner", [URLS[0], URLS[1]], ids=["local", "forwarded"])
+def test_oversized_header_block_is_431_before_routing(owner: str) -> None:
+    tenant = owned_by(owner)
+    transport = ScriptedTransport()
+    mw = middleware(transport, max_header_bytes=200)
+    seen = len(SEEN)
+    _, sent = call(mw, tenant, headers=[(b"x-big", b"v" * 190)])
+    assert sent[0]["status"] == 431 and b"AFFINITY_MAX_HEADER_BYTES" in sent[1]["body"]
+    assert transport.requests == [] and len(SEEN) == seen, "neither forwarded nor served"
+    # Just under the limit goes on as usual (x-tenant + x-big = 8 + len(tenant) + 5 + 180).
+    transport.script.append(Response())
+    _, sent = call(mw, tenant, headers=[(b"x-big", b"v" * (200 - 13 - len(tenant)))])
+    assert sent[0].get("status", 200) == 200
+
+
+def test_hop_header_size_is_measured_as_the_first_node_saw_it() -> None:
+    """The forwarder's marker and X-Forwarded-* do not count on the owner, so a request just under the limit at the
+    first node is not 431 at the owner."""
+    from affinity_mw import HopSigner
+
+    tenant = owned_by(URLS[1])
+    marker = HopSigner(SECRET).sign(sender=URLS[0], key_hash=hash_key(tenant), ring_checksum=RING.checksum, added="fp")
+    budget = 8 + len(tenant) + 5 + 100
+    mw = middleware(self_url=URLS[1], max_header_bytes=budget)
+    _, sent = call(
+        mw,
+        tenant,
+        headers=[
+            (b"x-big", b"v" * 100),
+            (b"x-affinity-hop", marker),
+            (b"x-forwarded-for", b"10.9.9.9"),
+            (b"x-forwarded-proto", b"http"),
+        ],
+    )
+    assert sent[1]["body"] == b"local:"
+
+
+@pytest.mark.parametrize("owner", [URLS[0], URLS[1]], ids=["local", "forwarded"])
+def test_declared_length_over_max_body_is_413_before_app_or_forward(owner: str) -> None:
+    tenant = owned_by(owner)
+    transport = ScriptedTransport(Response(), Response())
+    mw = middleware(transport, max_body=10)
+    seen = len(SEEN)
+    _, sent = call(mw, tenant, "POST", b"x" * 11)
+    assert sent[0]["status"] == 413 and b"AFFINITY_MAX_BODY" in sent[1]["body"]
+    assert transport.requests == [] and len(SEEN) == seen
+    _, sent = call(mw, tenant, "POST", b"x" * 10)
+    assert sent[0].get("status", 200) == 200
+
+
+def test_no_body_limit_by_default() -> None:
+    tenant = owned_by(URLS[0])
+    _, sent = call(middleware(), tenant, "POST", b"x" * 100_000)
+    assert sent[1]["body"] == b"local:" + b"x" * 100_000
+
+
+def test_chunked_forward_over_max_body_stops_and_answers_413() -> None:
+    tenant = owned_by(URLS[1])
+    transport = ScriptedTransport(Response())
+    mw = middleware(transport, max_body=10, eject_after=1)
+    sent = call_chunked(mw, tenant, [b"12345", b"67890", b"1", b"never read"])
+    assert sent[0]["status"] == 413
+    assert len(transport.requests) == 1 and transport.bodies == [], "the forward was stopped mid-body"
+    assert mw.core.health.usable(URLS[1]), "a client over the limit says nothing about the peer"
+    # Exactly at the limit is fine.
+    transport = ScriptedTransport(Response())
+    sent = call_chunked(middleware(transport, max_body=10), tenant, [b"12345", b"67890"])
+    assert transport.bodies == [b"1234567890"] and sent[0]["status"] == 200
+
+
+def test_chunked_local_over_max_body_answers_413_and_app_sees_disconnect() -> None:
+    tenant = owned_by(URLS[0])
+    seen: list[dict[str, Any]] = []
+
+    async def reader(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            seen.append(message)
+            if message["type"] == "http.disconnect":
+                raise RuntimeError("client went away")  # as Starlette's ClientDisconnect would
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = AffinityMiddleware(reader, peers=URLS, self_url=URLS[0], secret=SECRET, key="header:X-Tenant", max_body=10)
+    sent = call_chunked(mw, tenant, [b"12345", b"67890", b"1", b"unread"])
+    assert [m.get("status") for m in sent if m["type"] == "http.response.start"] == [413]
+    assert seen[-1]["type"] == "http.disconnect", "the app never sees a truncated body as complete"
+    assert sum(len(m.get("body", b"")) for m in seen) == 10
+    # Within the limit the app gets every byte.
+    seen.clear()
+    sent = call_chunked(mw, tenant, [b"12345", b"67890"])
+    assert sent[0]["status"] == 200 and b"".join(m.get("body", b"") for m in seen) == b"1234567890"
+
+
+def test_chunked_local_over_max_body_after_the_response_started_aborts() -> None:
+    from affinity_mw.forward import BodyTooLarge
+
+    tenant = owned_by(URLS[0])
+
+    async def streaming(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while (await receive()).get("more_body"):
+            await send({"type": "http.response.body", "body": b".", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    mw = AffinityMiddleware(streaming, peers=URLS, self_url=URLS[0], secret=SECRET, key="header:X-Tenant", max_body=10)
+    with pytest.raises(BodyTooLarge):
+        call_chunked(mw, tenant, [b"12345", b"67890", b"1", b"x"])
+
+
+def test_limit_settings_are_validated() -> None:
+    from affinity_mw import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="AFFINITY_MAX_BODY"):
+        middleware(max_body=-1)
+    with pytest.raises(ConfigurationError, match="AFFINITY_MAX_HEADER_BYTES"):
+        middleware(max_header_bytes=0)

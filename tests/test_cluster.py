@@ -27,8 +27,10 @@ from affinity_mw import HopSigner, StaticMembership, hash_key
 ASGI_APP = "tests.apps.asgi_app:app"
 WSGI_APP = "tests.apps.wsgi_app:app"
 STACKS: dict[str, dict[str, Any]] = {
-    "asgi-aiohttp": {"server": "uvicorn", "app": ASGI_APP},
+    "asgi-asyncio": {"server": "uvicorn", "app": ASGI_APP},
+    "asgi-aiohttp": {"server": "uvicorn", "app": ASGI_APP, "env": {"AFFINITY_TRANSPORT": "aiohttp"}},
     "asgi-httpx": {"server": "uvicorn", "app": ASGI_APP, "env": {"AFFINITY_TRANSPORT": "httpx"}},
+    "asgi-httptools-uvloop": {"server": "uvicorn-httptools", "app": ASGI_APP},
     "wsgi-sync-urllib3": {"server": "gunicorn-sync", "app": WSGI_APP},
     "wsgi-gthread-urllib3": {"server": "gunicorn-gthread", "app": WSGI_APP},
     "wsgi-gthread-httpx": {"server": "gunicorn-gthread", "app": WSGI_APP, "env": {"AFFINITY_TRANSPORT": "httpx"}},

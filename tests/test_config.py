@@ -34,7 +34,7 @@ def test_every_option_is_a_setting_and_documented() -> None:
 
 def test_defaults_with_empty_environment() -> None:
     s = Settings.load({}, {})
-    assert s.peers == () and s.no_key == "local" and s.transport == "aiohttp" and s.extractor is None
+    assert s.peers == () and s.no_key == "local" and s.transport == "asyncio" and s.extractor is None
 
 
 def test_environment_is_parsed() -> None:
@@ -102,3 +102,11 @@ def test_all_errors_reported_at_once() -> None:
 def test_invalid_settings_are_clear(options: dict[str, object], fragment: str) -> None:
     with pytest.raises(ConfigurationError, match=re.escape(fragment)):
         Settings.load(options, {})
+
+
+def test_size_limits_from_environment() -> None:
+    s = Settings.load({}, {"AFFINITY_MAX_BODY": "1048576", "AFFINITY_MAX_HEADER_BYTES": "8192"})
+    assert (s.max_body, s.max_header_bytes) == (1048576, 8192)
+    assert (Settings.load({}, {}).max_body, Settings.load({}, {}).max_header_bytes) == (0, 65536)
+    with pytest.raises(ConfigurationError, match="AFFINITY_MAX_BODY"):
+        Settings.load({}, {"AFFINITY_MAX_BODY": "-1"})

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from affinity_mw.forward import request_headers, response_headers, restore_forwarded
+import pytest
+
+from affinity_mw.forward import BadFraming, body_framing, request_headers, response_headers, restore_forwarded
 
 
 def names(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
@@ -90,3 +92,38 @@ def test_response_headers_keep_repeats_and_drop_hop_by_hop() -> None:
         (b"content-length", b"10"),
         (b"set-cookie", b"c=3"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([], 0),
+        ([(b"content-length", b"12")], 12),
+        ([(b"content-length", b"12"), (b"content-length", b"12")], 12),  # identical repeats are one value
+        ([(b"transfer-encoding", b"chunked")], None),
+        ([(b"transfer-encoding", b" Chunked ")], None),
+    ],
+)
+def test_body_framing_reads_the_length_the_server_enforces(
+    headers: list[tuple[bytes, bytes]], expected: int | None
+) -> None:
+    assert body_framing(headers) == expected
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(b"content-length", b"4"), (b"transfer-encoding", b"chunked")],
+        [(b"transfer-encoding", b"chunked"), (b"content-length", b"4")],
+        [(b"content-length", b"4"), (b"content-length", b"5")],
+        [(b"content-length", b"+4")],
+        [(b"content-length", b"4_0")],
+        [(b"content-length", b"-1")],
+        [(b"transfer-encoding", b"gzip, chunked")],
+        [(b"transfer-encoding", b"chunked"), (b"transfer-encoding", b"chunked")],
+        [(b"transfer-encoding", b"identity")],
+    ],
+)
+def test_body_framing_refuses_what_two_parsers_could_read_differently(headers: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(BadFraming):
+        body_framing(headers)

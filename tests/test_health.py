@@ -70,6 +70,30 @@ def test_draining_is_set_aside_at_once_and_readmit_clears() -> None:
     assert health.usable("b")
 
 
+def test_draining_is_held_until_an_active_check_readmits_when_checks_are_on() -> None:
+    # A stopping gunicorn worker keeps listening (without accepting) for up to 2 s after SIGTERM: a fixed hold
+    # that runs out first sends requests into a backlog that is then reset.
+    clock = Clock()
+    fixed = PeerHealth(base=2, max_ejection=20, clock=clock)
+    held = PeerHealth(base=2, max_ejection=20, hold_draining=True, clock=clock)
+    fixed.draining("b")
+    held.draining("b")
+    clock.now += 2.1
+    assert fixed.usable("b")
+    assert not held.usable("b")
+    held.readmit("b")
+    assert held.usable("b")
+    held.draining("b")
+    clock.now += 20.1
+    assert held.usable("b")  # never held longer than max_ejection
+
+
+def test_core_holds_draining_peers_only_with_active_checks() -> None:
+    common = {"peers": URLS, "self_url": URLS[0], "secret": "s" * 32, "key": "header:X-Tenant"}
+    assert AffinityCore(**common, health_interval=0.5).health.hold_draining
+    assert not AffinityCore(**common).health.hold_draining
+
+
 def router_with(health: PeerHealth, self_url: str = URLS[0]) -> Router:
     return Router(
         membership=StaticMembership(URLS, self_url),

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from affinity_mw import AffinityWSGIMiddleware, StaticMembership, hash_key
-from affinity_mw.forward import ConnectFailed, ForwardError, SendFailed, UpstreamRequest, UpstreamTimeout
+from affinity_mw.forward import (
+    BadFraming,
+    ConnectFailed,
+    ForwardError,
+    SendFailed,
+    UpstreamRequest,
+    UpstreamTimeout,
+    body_framing,
+)
 from affinity_mw.wsgi import environ_headers
 
 URLS = ["http://127.0.0.1:1", "http://127.0.0.2:1", "http://127.0.0.3:1"]
@@ -104,8 +112,12 @@ def test_environ_headers_rebuilds_asgi_shape() -> None:
                        (b"content-length", b"3")]  # fmt: skip
     # gunicorn sets wsgi.input_terminated on every request: it must not turn a GET into a chunked upload.
     assert environ_headers({"wsgi.input_terminated": True}) == []
-    chunked = environ_headers({"HTTP_TRANSFER_ENCODING": "chunked", "CONTENT_LENGTH": "5"})
-    assert chunked == [(b"transfer-encoding", b"chunked")]
+    assert body_framing(environ_headers({"HTTP_TRANSFER_ENCODING": "chunked"})) is None
+    # Werkzeug's server keeps CONTENT_LENGTH next to a chunked body; both reach body_framing, which refuses them.
+    both = environ_headers({"HTTP_TRANSFER_ENCODING": "chunked", "CONTENT_LENGTH": "5"})
+    assert both == [(b"transfer-encoding", b"chunked"), (b"content-length", b"5")]
+    with pytest.raises(BadFraming):
+        body_framing(both)
 
 
 def test_local_path_strips_internal_headers_and_exposes_decision() -> None:
@@ -212,3 +224,83 @@ def test_environ_view_reads_headers_where_wsgi_keeps_them() -> None:
     assert view.first(b"x-tenant") == b"acme" and view.header("Content-Type") == "text/plain"
     assert view.first(b"x-missing") is None
     assert (b"x-tenant", b"acme") in view.headers
+
+
+# ------------------------------------------------------------------------------------- limits (DESIGN.md 6.14)
+
+
+def owned(url: str) -> str:
+    return tenant_where(lambda order: order[0] == url)
+
+
+class ChunkedInput(io.BytesIO):
+    """``wsgi.input`` of a chunked body as servers deliver it: reads end with b"" at the end of the body."""
+
+
+@pytest.mark.parametrize("owner", [URLS[0], URLS[1]], ids=["local", "forwarded"])
+def test_oversized_header_block_is_431_before_routing(owner: str) -> None:
+    tenant = owned(owner)
+    transport = ScriptedTransport()
+    mw = middleware(transport, max_header_bytes=300)
+    seen = len(SEEN)
+    status, _, body = call(mw, tenant, extra={"HTTP_X_BIG": "v" * 300})
+    assert status.startswith("431") and b"AFFINITY_MAX_HEADER_BYTES" in body
+    assert transport.requests == [] and len(SEEN) == seen
+
+
+@pytest.mark.parametrize("owner", [URLS[0], URLS[1]], ids=["local", "forwarded"])
+def test_declared_length_over_max_body_is_413_before_app_or_forward(owner: str) -> None:
+    tenant = owned(owner)
+    transport = ScriptedTransport(Response(), Response())
+    mw = middleware(transport, max_body=10)
+    seen = len(SEEN)
+    status, _, body = call(mw, tenant, "POST", b"x" * 11)
+    assert status.startswith("413") and b"AFFINITY_MAX_BODY" in body
+    assert transport.requests == [] and len(SEEN) == seen
+    status, _, _ = call(mw, tenant, "POST", b"x" * 10)
+    assert status.startswith("200")
+
+
+def test_chunked_forward_over_max_body_stops_and_answers_413() -> None:
+    tenant = owned(URLS[1])
+    transport = ScriptedTransport(Response())
+    mw = middleware(transport, max_body=10, eject_after=1)
+    extra = {"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input": ChunkedInput(b"x" * 70_000)}
+    status, _, body = call(mw, tenant, "POST", extra=extra)
+    assert status.startswith("413") and b"AFFINITY_MAX_BODY" in body and transport.bodies == []
+    assert mw.core.health.usable(URLS[1])
+    transport = ScriptedTransport(Response())
+    extra = {"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input": ChunkedInput(b"x" * 10)}
+    status, _, _ = call(middleware(transport, max_body=10), tenant, "POST", extra=extra)
+    assert status.startswith("200") and transport.bodies == [b"x" * 10]
+
+
+@pytest.mark.parametrize("style", ["raises", "answers-500", "answers-200"])
+def test_chunked_local_over_max_body_is_413_whatever_the_app_answers(style: str) -> None:
+    from affinity_mw.forward import BodyTooLarge
+
+    tenant = owned(URLS[0])
+    read: list[bytes] = []
+
+    def reader(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        try:
+            while chunk := environ["wsgi.input"].read(4):
+                read.append(chunk)
+        except BodyTooLarge:
+            if style == "raises":
+                raise
+            start_response("500 Internal Server Error" if style == "answers-500" else "200 OK", [])
+            return [b"app's answer"]
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    mw = AffinityWSGIMiddleware(reader, peers=URLS, self_url=URLS[0], secret=SECRET, key="header:X-Tenant",
+                                max_body=10)  # fmt: skip
+    extra = {"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input": ChunkedInput(b"y" * 100)}
+    status, _, body = call(mw, tenant, "POST", extra=extra)
+    assert status.startswith("413") and b"AFFINITY_MAX_BODY" in body
+    assert sum(map(len, read)) <= 10
+    read.clear()
+    extra = {"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input": ChunkedInput(b"y" * 10)}
+    status, _, body = call(mw, tenant, "POST", extra=extra)
+    assert status.startswith("200") and b"".join(read) == b"y" * 10

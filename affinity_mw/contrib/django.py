@@ -46,9 +46,12 @@ from ..asgi import _PeerSlots as _AsyncPeerSlots
 from ..config import OPTIONS, ConfigurationError, Settings
 from ..core import DRAINING, NO_KEY_REJECTED, SERVED_BY_HEADER, AffinityCore
 from ..forward import (
+    BAD_FRAMING,
     BAD_TARGET,
+    BODY_TOO_LARGE,
     POOL_EXHAUSTED,
     AsyncTransport,
+    BadFraming,
     ClientGone,
     ForwardError,
     Headers,
@@ -62,7 +65,8 @@ from ..hop import HopMarker
 from ..membership import StaticMembership
 from ..request import RequestView
 from ..router import FORWARD, LOCAL, Decision
-from ..transports import AiohttpTransport, HttpxSyncTransport, HttpxTransport, Urllib3Transport
+from ..transports import HttpxSyncTransport, HttpxTransport, Urllib3Transport
+from ..transports import async_transport as make_async_transport
 from ..wsgi import _PeerSlots as _SyncPeerSlots
 from ..wsgi import _Relay, _RequestBody, _restore, environ_headers
 from .flask import _as_env
@@ -166,7 +170,7 @@ class AffinityMiddleware:
         the aiohttp session is created lazily in the serving event loop."""
         options = self.core.transport_options()
         use_httpx = self.core.settings.transport == "httpx"
-        async_transport: AsyncTransport = HttpxTransport(**options) if use_httpx else AiohttpTransport(**options)
+        async_transport: AsyncTransport = make_async_transport(self.core.settings.transport, **options)
         sync_transport: SyncTransport | None = None
         if not self.async_mode:
             sync_transport = HttpxSyncTransport(**options) if use_httpx else Urllib3Transport(**options)
@@ -183,7 +187,10 @@ class AffinityMiddleware:
         answer = self._internal(request)
         if answer is not None:
             return answer
-        decision, headers = self._decide(request)
+        decided = self._decide(request)
+        if isinstance(decided, HttpResponse):
+            return decided
+        decision, headers = decided
         if decision.action == FORWARD:
             if isinstance(request, ASGIRequest):
                 # Run synchronously under ASGI (a sync-only middleware sits below this one): forward on the event
@@ -203,7 +210,10 @@ class AffinityMiddleware:
         answer = self._internal(request)
         if answer is not None:
             return answer
-        decision, headers = self._decide(request)
+        decided = self._decide(request)
+        if isinstance(decided, HttpResponse):
+            return decided
+        decision, headers = decided
         if decision.action == FORWARD:
             response = await self._aforward(request, decision, headers)
             if response is not None:
@@ -230,11 +240,12 @@ class AffinityMiddleware:
                 return _plain(*answer)
         return None
 
-    def _decide(self, request: Any) -> tuple[Decision, Headers]:
+    def _decide(self, request: Any) -> tuple[Decision, Headers] | HttpResponse:
         """Route from ``request.META``: WSGI-style keys under both handlers, so one header conversion serves both.
 
         Path, query and scheme come from what each server parsed: the ASGI scope (bytes query, exact path), or
-        the WSGI environ as Django decoded it.
+        the WSGI environ as Django decoded it. A request over the size limits gets its 431/413 here, before any
+        routing (under ASGI Django has already spooled the body, so its actual size is what counts).
         """
         hop = request.META.get(_HOP_META)
         marker = self.router.check_marker(hop.encode("latin-1")) if hop is not None else None
@@ -244,6 +255,15 @@ class AffinityMiddleware:
             _restore_request(request, marker)
         meta = request.META
         headers = environ_headers(meta)
+        core = self.core
+        length = None
+        if core.max_body:
+            length = meta.get("CONTENT_LENGTH") or None
+            if length is None and isinstance(request, ASGIRequest):
+                length = str(_spooled_size(request) or "") or None
+        refusal = core.refusal(sum(len(name) + len(value) for name, value in headers), length)
+        if refusal is not None:
+            return _plain(*refusal)
         if isinstance(request, ASGIRequest):
             scope = request.scope
             path, query, scheme = scope["path"], scope.get("query_string", b""), scope.get("scheme") or "http"
@@ -276,12 +296,16 @@ class AffinityMiddleware:
         if not target.startswith("/"):
             # Only origin-form targets are forwarded: "http://x/..." or "@host/..." must never choose the host.
             return None if method == "OPTIONS" and target == "*" else _plain(*BAD_TARGET)
-        length = body_framing(headers)
+        try:
+            length = body_framing(headers)
+        except BadFraming:
+            return _plain(*BAD_FRAMING)
         body = None
         if length != 0:
             # Django's own stream stops at CONTENT_LENGTH and so reads nothing of a chunked body: read those from
             # the server's input, which ends where the chunked body ends (``wsgi.input_terminated``).
-            body = _RequestBody(request if length is not None else meta["wsgi.input"], length)
+            limit = self.core.body_limit() if length is None else None
+            body = _RequestBody(request if length is not None else meta["wsgi.input"], length, limit)
         transport = self.sync_transport
         assert transport is not None  # a sync-mode instance always has one
         with self.core.plan(decision, headers, _client(meta), meta.get("wsgi.url_scheme", "http")) as plan:
@@ -293,9 +317,13 @@ class AffinityMiddleware:
                     response = transport.send(upstream)
                 except ClientGone:
                     slot.release()
+                    if body is not None and body.over:
+                        return _plain(*BODY_TOO_LARGE)  # the chunked body went over max_body
                     return _plain(*_CLIENT_GONE)  # nobody reads it; it is for the access log
                 except ForwardError as exc:
                     slot.release()
+                    if body is not None and body.over:
+                        return _plain(*BODY_TOO_LARGE)
                     verdict = plan.failed(node, exc, method, body is not None and body.started)
                     if verdict is None:
                         if plan.backoff:
@@ -341,7 +369,10 @@ class AffinityMiddleware:
             target = target + b"?" + scope["query_string"]
         length = _spooled_size(request)
         if length is None:
-            length = body_framing(headers)
+            try:
+                length = body_framing(headers)
+            except BadFraming:
+                return _plain(*BAD_FRAMING)
         body = _RequestBody(request, length) if length != 0 else None
         with self.core.plan(decision, headers, _client(meta), scope.get("scheme") or "http") as plan:
             stream = (lambda: _async_chunks(body.stream())) if body else None
@@ -612,7 +643,7 @@ def check_affinity(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         options, env, _, membership = _resolve(os.environ)
         settings = Settings.load(options, env)
         if membership is None and not getattr(settings, "dns", None):
-            StaticMembership(settings.peers, settings.self_url, vnodes=settings.vnodes)
+            StaticMembership(settings.peers, settings.self_url, vnodes=settings.vnodes, algorithm=settings.ring)
     except ValueError as exc:  # ConfigurationError, and the peer-list errors of StaticMembership
         messages.append(
             checks.Error(

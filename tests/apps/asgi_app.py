@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import random
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from fastapi import Request, Response
@@ -112,3 +113,71 @@ async def echo(tenant: str, request: Request) -> dict[str, object]:
 @app.get("/probe/{tenant}/status/{code}")
 async def status(tenant: str, code: int) -> Response:
     return Response(status_code=code)
+
+
+# Reliability suite (tests/test_reliability_faults.py): each execution is appended to $FAULT_EXEC_LOG (one
+# O_APPEND write per line, which survives a SIGKILL right after it), so a test can count executions per id.
+def _fault_record(method: str, id: str) -> None:
+    import os
+
+    path = os.environ.get("FAULT_EXEC_LOG")
+    if path:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{NODE} {method} {id}\n".encode())
+        finally:
+            os.close(fd)
+
+
+@app.api_route("/probe/{tenant}/fault-exec", methods=["GET", "POST"])
+async def fault_exec(tenant: str, request: Request, id: str = "", pause: float = 0.0) -> dict[str, object]:
+    await request.body()
+    _fault_record(request.method, id)
+    if pause:
+        await asyncio.sleep(pause)
+    return {"node": NODE, "id": id, "method": request.method}
+
+
+def pattern(size: int, seed: int) -> Iterator[bytes]:
+    """Deterministic pseudo-random bytes in 64 KiB blocks, each numbered: cheap to produce and to check at GB sizes,
+    and a lost, repeated or reordered block changes the hash (the test suite has the same function)."""
+    pool = random.Random(seed).randbytes(1 << 20)
+    i, left = 0, size
+    while left > 0:
+        offset = (i * 40503) % ((1 << 20) - 65536)
+        block = (i.to_bytes(8, "big") + pool[offset : offset + 65528])[:left]
+        left -= len(block)
+        i += 1
+        yield block
+
+
+@app.api_route("/probe/{tenant}/big-body", methods=["GET", "HEAD"])
+async def big_body(tenant: str, size: int = 0, seed: int = 0, mode: str = "fixed", encoding: str = "") -> Response:
+    """``size`` pattern bytes, with a Content-Length (``mode=fixed``) or chunked, optionally labelled with a
+    Content-Encoding they are not in (a proxy must pass the bytes untouched, never decode)."""
+    headers = {"X-Node": NODE}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    if mode == "fixed":
+        headers["Content-Length"] = str(size)
+
+    async def body() -> AsyncIterator[bytes]:
+        for block in pattern(size, seed):
+            yield block
+
+    return StreamingResponse(body(), media_type="application/octet-stream", headers=headers)
+
+
+@app.get("/probe/{tenant}/big-cookies")
+async def big_cookies(tenant: str) -> Response:
+    response = Response(b"cookies", media_type="text/plain")
+    for line in COOKIE_LINES:
+        response.headers.append("Set-Cookie", line)
+    return response
+
+
+COOKIE_LINES = [
+    "sid=1; Path=/a; HttpOnly",
+    "sid=2; Path=/b; Secure; SameSite=Strict",
+    "pref=x; Expires=Wed, 21 Oct 2035 07:28:00 GMT; Path=/",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import random
 import sys
 import time
 from collections import Counter
@@ -115,3 +116,67 @@ def echo(tenant: str):  # type: ignore[no-untyped-def]
 @app.get("/probe/<tenant>/status/<int:code>")
 def status(tenant: str, code: int):  # type: ignore[no-untyped-def]
     return Response(status=code)
+
+
+# Reliability suite (tests/test_reliability_faults.py): each execution is appended to $FAULT_EXEC_LOG (one
+# O_APPEND write per line, which survives a SIGKILL right after it), so a test can count executions per id.
+def _fault_record(method: str, id: str) -> None:
+    import os
+
+    path = os.environ.get("FAULT_EXEC_LOG")
+    if path:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{NODE} {method} {id}\n".encode())
+        finally:
+            os.close(fd)
+
+
+@app.route("/probe/<tenant>/fault-exec", methods=["GET", "POST"])
+def fault_exec(tenant: str):  # type: ignore[no-untyped-def]
+    request.get_data()
+    ident = request.args.get("id", "")
+    _fault_record(request.method, ident)
+    pause = float(request.args.get("pause", 0))
+    if pause:
+        time.sleep(pause)
+    return jsonify(node=NODE, id=ident, method=request.method)
+
+
+def pattern(size: int, seed: int) -> Iterator[bytes]:
+    """The same deterministic 64 KiB blocks as ``asgi_app.pattern``."""
+    pool = random.Random(seed).randbytes(1 << 20)
+    i, left = 0, size
+    while left > 0:
+        offset = (i * 40503) % ((1 << 20) - 65536)
+        block = (i.to_bytes(8, "big") + pool[offset : offset + 65528])[:left]
+        left -= len(block)
+        i += 1
+        yield block
+
+
+@app.route("/probe/<tenant>/big-body", methods=["GET", "HEAD"])
+def big_body(tenant: str):  # type: ignore[no-untyped-def]
+    size = int(request.args.get("size", 0))
+    seed = int(request.args.get("seed", 0))
+    headers = {"X-Node": NODE}
+    if request.args.get("encoding"):
+        headers["Content-Encoding"] = request.args["encoding"]
+    if request.args.get("mode", "fixed") == "fixed":
+        headers["Content-Length"] = str(size)
+    return Response(pattern(size, seed), mimetype="application/octet-stream", headers=headers)
+
+
+@app.get("/probe/<tenant>/big-cookies")
+def big_cookies(tenant: str):  # type: ignore[no-untyped-def]
+    response = Response(b"cookies", mimetype="text/plain")
+    for line in COOKIE_LINES:
+        response.headers.add("Set-Cookie", line)
+    return response
+
+
+COOKIE_LINES = [
+    "sid=1; Path=/a; HttpOnly",
+    "sid=2; Path=/b; Secure; SameSite=Strict",
+    "pref=x; Expires=Wed, 21 Oct 2035 07:28:00 GMT; Path=/",
+]
