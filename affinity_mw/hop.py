@@ -141,13 +141,20 @@ class HopSigner:
 
 
 class _HMACSHA256(HMACAlgorithm):
-    """itsdangerous's HMAC, through ``hmac.digest`` (one C call instead of building an HMAC object)."""
+    """itsdangerous's HMAC-SHA256, from a keyed HMAC state prepared once per key and copied per message: the
+    key schedule is the costly part (3.6 us per ``hmac.digest`` here, 1.6 us per copy), and the keys are fixed."""
 
     def __init__(self) -> None:
         super().__init__(hashlib.sha256)
+        self._keyed: dict[bytes, Any] = {}
 
     def get_signature(self, key: bytes, value: bytes) -> bytes:
-        return hmac.digest(key, value, "sha256")
+        base = self._keyed.get(key)
+        if base is None:
+            base = self._keyed[key] = hmac.new(key, digestmod="sha256")
+        mac = base.copy()
+        mac.update(value)
+        return mac.digest()
 
 
 class _CachedKeySigner(Signer):
