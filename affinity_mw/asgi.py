@@ -57,8 +57,9 @@ class AffinityMiddleware:
                                  self_url="http://10.0.0.1:8000", secret="...", key="header:X-Tenant")
 
     ``key`` is a spec string or any callable ``(RequestView) -> str | None``. ``transport`` takes an
-    :class:`~affinity_mw.forward.AsyncTransport` or an ``httpx.AsyncClient``; by default a tuned aiohttp session
-    is opened lazily in the serving event loop and closed at lifespan shutdown. ``membership`` replaces the
+    :class:`~affinity_mw.forward.AsyncTransport` or an ``httpx.AsyncClient``; by default the built-in HTTP/1.1
+    client (:mod:`affinity_mw.h1`) keeps a pool per event loop, opened lazily and closed at lifespan shutdown
+    (``AFFINITY_TRANSPORT=aiohttp`` or ``httpx`` choose those clients instead). ``membership`` replaces the
     static peer list with any object that has ``ring`` and ``self_id``.
 
     The decision for each request is in ``scope["state"]["affinity"]`` (Starlette: ``request.state.affinity``).

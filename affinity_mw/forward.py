@@ -89,6 +89,11 @@ class BadResponse(ForwardError):
     """The peer answered something that cannot be relayed (e.g. a header over the client's limits): 502, final."""
 
 
+class Unforwardable(ForwardError):
+    """The request itself cannot be written as HTTP/1.1 (a CR, LF or NUL in its target or a header value, which
+    the server in front should have refused): 400, final, and not the peer's fault."""
+
+
 class ClientGone(Exception):
     """The client went away (disconnected mid-upload or mid-download): nothing to answer, and not the peer's fault."""
 
@@ -384,6 +389,8 @@ class ForwardPlan:
         core = self.core
         core.counters["forward_errors"] += 1
         self.backoff = 0.0
+        if isinstance(exc, Unforwardable):
+            return 400, b"The request cannot be forwarded: a control character in its target or a header.\n"
         if isinstance(exc, BadResponse):
             logger.warning("affinity-mw: %s sent a response that cannot be relayed (%s)", node.id, exc)
             return 502, b"The key's owner sent a response that cannot be relayed.\n"

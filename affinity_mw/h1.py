@@ -25,8 +25,10 @@ from .forward import (
     BadResponse,
     ClientGone,
     ConnectFailed,
+    ForwardError,
     Headers,
     SendFailed,
+    Unforwardable,
     UpstreamRequest,
     UpstreamResponse,
     UpstreamTimeout,
@@ -60,6 +62,7 @@ class _Connection(asyncio.Protocol):
         "received",
         "timed_out",
         "transport",
+        "waiting_client",
         "write_paused",
     )
 
@@ -74,6 +77,7 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.write_paused = False
         self.timed_out = False
+        self.waiting_client = False
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
@@ -151,6 +155,7 @@ class _Connection(asyncio.Protocol):
     def consumed(self) -> None:
         if self.paused and len(self.buf) < _LOW_WATER and not self.eof:
             self.paused = False
+            self._last_data = self.loop.time()  # the peer's silence counts again from now
             assert self.transport is not None
             self.transport.resume_reading()
 
@@ -170,7 +175,12 @@ class _Connection(asyncio.Protocol):
         self._last_data = self.loop.time()
 
     def _check_silence(self) -> None:
-        idle = self.loop.time() - self._last_data
+        now = self.loop.time()
+        if self.paused or self.waiting_client:
+            # Waiting on our side (a slow downstream reader, or the client's next upload chunk) is not the
+            # peer's silence: a slow client must never turn into a 504 that sets a healthy peer aside.
+            self._last_data = now
+        idle = now - self._last_data
         if idle >= self._timeout:
             self._timer = None
             self.timed_out = True
@@ -192,6 +202,8 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         self._cancel_timer()
         self.eof = True
+        if self.error is None:
+            self.error = ConnectionAbortedError("closed locally")  # never mistaken for the peer's clean close
         if self.transport is not None:
             self.transport.abort()
 
@@ -212,7 +224,8 @@ class _Peer:
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
-        self.host_header = parts.netloc.encode("idna")
+        host = f"[{self.host}]" if ":" in self.host else self.host.encode("idna").decode("ascii")
+        self.host_header = (host if parts.port is None else f"{host}:{parts.port}").encode("ascii")
         self.idle: list[_Connection] = []
 
 
@@ -283,13 +296,10 @@ class _Response:
         conn = self._conn
         while True:
             line = await _read_line(conn)
-            size_text = line.split(b";", 1)[0].strip()
-            try:
-                if not size_text or size_text.startswith((b"+", b"-", b"0x", b"0X")):
-                    raise ValueError
-                size = int(size_text, 16)
-            except ValueError:
-                raise BadResponse(f"bad chunk size line {line[:40]!r}") from None
+            size_text = line.split(b";", 1)[0].rstrip(b" \t")
+            if not 0 < len(size_text) <= 16 or size_text.strip(b"0123456789abcdefABCDEF"):
+                raise BadResponse(f"bad chunk size line {line[:40]!r}")
+            size = int(size_text, 16)
             if size == 0:
                 while await _read_line(conn):  # trailers are dropped (hop-by-hop unless declared; DESIGN 6.7)
                     pass
@@ -391,7 +401,7 @@ class AsyncioTransport:
         if pool is None or pool.loop is not loop:
             for key, other in list(self._pools.items()):
                 if other.loop.is_closed():
-                    del self._pools[key]
+                    self._pools.pop(key, None)
             pool = self._pools[id(loop)] = _Pool(loop, self.keepalive)
         return pool
 
@@ -414,118 +424,92 @@ class AsyncioTransport:
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         pool = self._pool()
-        peer = pool.peer(request.url_base)
+        try:
+            peer = pool.peer(request.url_base)
+        except (ValueError, UnicodeError) as exc:
+            raise ConnectFailed(f"cannot forward to {request.url_base!r}: {exc}") from exc
         timeout = self.read_timeout
         if request.read_timeout is not None and request.read_timeout < timeout:
             timeout = max(request.read_timeout, 0.001)
+        head = _request_head(request, peer)
+        body = request.body
+        length = request.content_length
+        chunks: Any = None
+        first = b""
+        more = False
+        remaining: int | None = None
+        if body is not None:
+            # The head goes out with the body's first bytes, never before them, and no connection is taken until
+            # they are here: a request whose body never comes (a stalled client, or framing the server in front
+            # refuses after the head) never reaches the peer's app, a pooled connection cannot go stale while we
+            # wait, and a small body costs one write.
+            chunks, first, more = await _first_chunk(body, length)
+            remaining = None if length is None else length - len(first)
+            if length is None:
+                head += (b"%x\r\n%b\r\n" % (len(first), first) if first else b"") + (b"" if more else b"0\r\n\r\n")
+            else:
+                head += first
         conn = pool.take(peer)
         if conn is not None:
             try:
-                return await self._exchange(pool, peer, conn, request, timeout)
+                return await self._exchange(pool, peer, conn, request, head, chunks, more, remaining, timeout)
             except SendFailed:
                 conn.close()
                 # A pooled connection the peer closed as we reused it (DESIGN.md 6.5): an idempotent request
                 # without a body that got no byte back is re-sent once on a fresh connection to the same peer.
                 # Anything else is the failover rules' business (ForwardPlan), not the transport's.
-                if conn.received or request.body is not None or request.method not in IDEMPOTENT:
+                if conn.received or body is not None or request.method not in IDEMPOTENT:
                     raise
             except BaseException:
                 conn.close()
                 raise
-        conn = await self._connect(pool, peer)
+            try:
+                conn = await self._connect(pool, peer)
+            except ConnectFailed as exc:
+                raise SendFailed(f"the request met a closed pooled connection, then: {exc}") from exc
+        else:
+            conn = await self._connect(pool, peer)
         try:
-            return await self._exchange(pool, peer, conn, request, timeout)
+            return await self._exchange(pool, peer, conn, request, head, chunks, more, remaining, timeout)
         except BaseException:
             conn.close()
             raise
 
     async def _exchange(
-        self, pool: _Pool, peer: _Peer, conn: _Connection, request: UpstreamRequest, timeout: float
+        self,
+        pool: _Pool,
+        peer: _Peer,
+        conn: _Connection,
+        request: UpstreamRequest,
+        head: bytes,
+        chunks: Any,
+        more: bool,
+        remaining: int | None,
+        timeout: float,
     ) -> _Response:
-        parts = [request.method.encode("ascii"), b" ", request.target.encode("latin-1"), b" HTTP/1.1\r\n"]
-        has_host = False
-        for name, value in request.headers:
-            if name == b"host":
-                has_host = True
-            parts += (name, b": ", value, b"\r\n")
-        if not has_host:
-            parts += (b"host: ", peer.host_header, b"\r\n")
-        body = request.body
-        chunked = request.content_length is None
-        more = False
-        chunks: Any = None
-        if body is not None:
-            if chunked:
-                parts.append(b"transfer-encoding: chunked\r\n")
-            else:
-                parts += (b"content-length: ", str(request.content_length).encode("ascii"), b"\r\n")
-            # The head goes out with the body's first bytes, never before them: a request whose body never comes
-            # (a stalled client, or framing the server in front refuses after the head) never reaches the peer's
-            # app, and a small body costs one write.
-            chunks, first, more = await _first_chunk(body)
-            parts.append(b"\r\n")
-            if first:
-                parts.append(b"%x\r\n%b\r\n" % (len(first), first) if chunked else first)
-            if chunked and not more:
-                parts.append(b"0\r\n\r\n")
-        else:
-            parts.append(b"\r\n")
         assert conn.transport is not None
         conn.arm(timeout)
         try:
-            conn.transport.write(b"".join(parts))
+            conn.transport.write(head)
         except (OSError, RuntimeError) as exc:
             raise SendFailed(f"writing the request failed: {exc!r}") from exc
         sent: asyncio.Future[None] | None = None
-        if more:
-            # The rest goes out while we wait for the answer: a peer may answer (413, 401) before reading it all.
-            sent = asyncio.ensure_future(_send_body(conn, chunks, chunked))
-            sent.add_done_callback(_retrieve)
         try:
+            if more:
+                # The rest goes out while we wait for the answer: a peer may answer (413, 401) before reading it.
+                sent = asyncio.ensure_future(_send_body(conn, chunks, request.content_length, remaining))
+                sent.add_done_callback(_retrieve)
             status, raw, version11 = await _read_head(conn, sent)
             while 100 <= status < 200:
                 if status == 101:
                     raise BadResponse("the peer switched protocols; upgrades are not forwarded")
                 status, raw, version11 = await _read_head(conn, sent)  # 100 Continue, 103: not relayed
+            conn.arm(self.read_timeout)  # from here on: the longest silence while the body streams
+            length, keep = _response_framing(request.method, status, raw, version11)
         except BaseException:
             if sent is not None and not sent.done():
                 sent.cancel()
             raise
-        conn.arm(self.read_timeout)  # from here on: the longest silence while the body streams
-        length: int | None = None
-        chunked = False
-        keep = version11
-        lengths: set[bytes] = set()
-        framed_by_te = False
-        for name, value in raw:
-            lname = name.lower()
-            if lname == b"content-length":
-                lengths.add(value)
-            elif lname == b"transfer-encoding":
-                framed_by_te = True
-                chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-                if not chunked:
-                    keep = False  # any other final coding is delimited by the close
-            elif lname == b"connection":
-                tokens = {t.strip().lower() for t in value.split(b",")}
-                if b"close" in tokens:
-                    keep = False
-                elif b"keep-alive" in tokens:
-                    keep = True
-        if framed_by_te and lengths:
-            raise BadResponse("both Transfer-Encoding and Content-Length in a response")
-        if request.method == "HEAD" or status in (204, 304):
-            length = 0
-        elif chunked:
-            length = -1
-        elif framed_by_te:
-            length = None
-        elif lengths:
-            if len(lengths) > 1 or not all(v.strip().isdigit() for v in lengths):
-                raise BadResponse("conflicting or malformed Content-Length")
-            length = int(next(iter(lengths)))
-        else:
-            length, keep = None, False
         return _Response(conn, peer, pool, status, response_headers(raw), length, keep, sent)
 
     async def aclose(self) -> None:
@@ -533,6 +517,79 @@ class AsyncioTransport:
         pool = self._pools.pop(id(loop), None)
         if pool is not None:
             pool.close()
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _request_head(request: UpstreamRequest, peer: _Peer) -> bytes:
+    """The request line and headers, framed from what will actually be sent, checked for CR/LF/NUL.
+
+    The servers in front validate what they parse, but ASGI does not require it, and one CR/LF here would split
+    the request on a pooled connection: the whole head is checked with three C-speed scans before any write.
+    """
+    target = request.target.encode("latin-1")
+    parts = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+    has_host = False
+    for name, value in request.headers:
+        if name == b"host":
+            has_host = True
+        parts += (name, b": ", value, b"\r\n")
+    if not has_host:
+        parts += (b"host: ", peer.host_header, b"\r\n")
+    if request.body is not None:
+        if request.content_length is None:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        else:
+            parts += (b"content-length: ", b"%d" % request.content_length, b"\r\n")
+    elif request.method in _BODY_METHODS:
+        parts.append(b"content-length: 0\r\n")  # some servers (nginx) answer 411 to a POST without a length
+    parts.append(b"\r\n")
+    head = b"".join(parts)
+    lines = (
+        len(request.headers) + (1 if has_host else 2) + (request.body is not None or request.method in _BODY_METHODS)
+    )
+    if head.count(b"\n") != lines + 1 or head.count(b"\r") != lines + 1 or b"\0" in head or b" " in target:
+        raise Unforwardable("a control character in the request target or a header value")
+    return head
+
+
+def _response_framing(
+    method: str, status: int, raw: list[tuple[bytes, bytes]], version11: bool
+) -> tuple[int | None, bool]:
+    """How the response body is delimited (bytes to read, -1 chunked, None until close) and whether the connection
+    may be reused afterwards (RFC 9112 6.3, 9.3)."""
+    chunked = framed_by_te = False
+    keep = version11
+    lengths: set[bytes] = set()
+    for name, value in raw:
+        lname = name.lower()
+        if lname == b"content-length":
+            lengths.add(value)
+        elif lname == b"transfer-encoding":
+            framed_by_te = True
+            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            if not chunked:
+                keep = False  # any other final coding is delimited by the close
+        elif lname == b"connection":
+            tokens = {t.strip().lower() for t in value.split(b",")}
+            if b"close" in tokens:
+                keep = False
+            elif b"keep-alive" in tokens:
+                keep = True
+    if framed_by_te and lengths:
+        raise BadResponse("both Transfer-Encoding and Content-Length in a response")
+    if method == "HEAD" or status in (204, 304):
+        return 0, keep
+    if chunked:
+        return -1, keep
+    if framed_by_te:
+        return None, keep
+    if lengths:
+        if len(lengths) > 1 or not all(v.isdigit() and len(v) < 19 for v in lengths):
+            raise BadResponse("conflicting or malformed Content-Length")
+        return int(next(iter(lengths))), keep
+    return None, False
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:
@@ -578,57 +635,86 @@ async def _read_head(
         if conn.eof:
             if sent is not None and sent.done() and not sent.cancelled():
                 exc = sent.exception()
-                if isinstance(exc, ClientGone):
+                if isinstance(exc, (ClientGone, ForwardError)):
                     raise exc
+                if exc is not None:
+                    raise SendFailed(f"sending the request body failed: {exc!r}") from exc
             if conn.timed_out:
                 raise UpstreamTimeout("no response headers in time")
             raise SendFailed(f"peer closed before answering: {conn.error!r}" if conn.error else "peer closed")
         await conn.wait_data()
+    if b"\0" in head or head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\r\n"):
+        raise BadResponse("a bare CR, LF or a NUL in the response head")  # RFC 9110 5.5: never relayed
     lines = head.split(b"\r\n")
     status_line = lines[0].split(b" ", 2)
-    try:
-        if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1.") or len(status_line[1]) != 3:
-            raise ValueError
-        status = int(status_line[1])
-    except ValueError:
-        raise BadResponse(f"bad status line {lines[0][:60]!r}") from None
+    code = status_line[1] if len(status_line) > 1 else b""
+    if status_line[0] not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit() or code[0] == 48:
+        raise BadResponse(f"bad status line {lines[0][:60]!r}")
+    status = int(code)
     raw: list[tuple[bytes, bytes]] = []
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
+        if not sep or not name or b" " in name or b"\t" in name:
             raise BadResponse(f"bad header line {line[:60]!r}")
         raw.append((name, value.strip(b" \t")))
     return status, raw, status_line[0] == b"HTTP/1.1"
 
 
-async def _first_chunk(body: Any) -> tuple[Any, bytes, bool]:
-    """The body's iterator, its first non-empty chunk, and whether more may follow."""
+async def _first_chunk(body: Any, length: int | None) -> tuple[Any, bytes, bool]:
+    """The body's iterator, its first non-empty chunk, and whether more may follow. When the first chunk is the
+    whole Content-Length, the iterator is run to its end here, so no task is needed for the rest."""
     if hasattr(body, "__aiter__"):
         aiterator = body.__aiter__()
+        first = b""
         async for chunk in aiterator:
             if chunk:
-                return aiterator, chunk, True
-        return aiterator, b"", False
+                first = chunk
+                break
+        if length is not None and len(first) >= length:
+            async for chunk in aiterator:
+                if chunk:
+                    raise SendFailed("the request body is longer than its Content-Length")
+            more = False
+        else:
+            more = bool(first)
+        if length is not None and len(first) > length:
+            raise SendFailed("the request body is longer than its Content-Length")
+        return aiterator, first, more
     iterator = iter(body)
-    for chunk in iterator:
-        if chunk:
-            return iterator, chunk, True
-    return iterator, b"", False
+    first = next((chunk for chunk in iterator if chunk), b"")
+    if length is not None and len(first) >= length:
+        if len(first) > length or any(iterator):
+            raise SendFailed("the request body is longer than its Content-Length")
+        return iterator, first, False
+    return iterator, first, bool(first)
 
 
-async def _send_body(conn: _Connection, body: Any, chunked: bool) -> None:
-    """Stream the request body; a client that goes away mid-upload aborts the connection (ClientGone)."""
+async def _send_body(conn: _Connection, body: Any, length: int | None, remaining: int | None) -> None:
+    """Stream the rest of the request body (after the first chunk went with the head). A client that goes away
+    mid-upload aborts the connection (ClientGone); a body that is not exactly its Content-Length, or any other
+    failure, closes it, so a half-sent request can never be mistaken for a complete one."""
     transport = conn.transport
     assert transport is not None
+    chunked = length is None
     try:
         if hasattr(body, "__aiter__"):
-            async for chunk in body:
-                await _write(conn, transport, chunk, chunked)
+            aiterator = body.__aiter__()
+            while True:
+                conn.waiting_client = True
+                try:
+                    chunk = await aiterator.__anext__()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    conn.waiting_client = False
+                remaining = await _write(conn, transport, chunk, chunked, remaining)
         else:
             for chunk in body:
-                await _write(conn, transport, chunk, chunked)
+                remaining = await _write(conn, transport, chunk, chunked, remaining)
         if chunked:
             transport.write(b"0\r\n\r\n")
+        elif remaining:
+            raise SendFailed(f"the request body ended {remaining} bytes short of its Content-Length")
     except ClientGone:
         conn.close()
         raise
@@ -636,15 +722,25 @@ async def _send_body(conn: _Connection, body: Any, chunked: bool) -> None:
         # The peer stopped reading (it may have answered already, e.g. 413): the connection is not reusable.
         conn.close()
         raise SendFailed(f"sending the request body failed: {exc!r}") from exc
+    except BaseException:
+        conn.close()
+        raise
 
 
-async def _write(conn: _Connection, transport: asyncio.Transport, chunk: bytes, chunked: bool) -> None:
+async def _write(
+    conn: _Connection, transport: asyncio.Transport, chunk: bytes, chunked: bool, remaining: int | None
+) -> int | None:
     if not chunk:
-        return  # an empty chunk would end a chunked body
+        return remaining  # an empty chunk would end a chunked body
     if chunked:
         transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
     else:
+        assert remaining is not None
+        if len(chunk) > remaining:
+            raise SendFailed("the request body is longer than its Content-Length")
+        remaining -= len(chunk)
         transport.write(chunk)
     conn.activity()  # the peer's silence is timed from the end of the upload, not its start
     if conn.write_paused or conn.eof:
         await conn.drain()
+    return remaining

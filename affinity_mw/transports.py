@@ -1,8 +1,9 @@
 """The network clients that carry a forward, behind the small interfaces in :mod:`affinity_mw.forward`.
 
-Defaults chosen by measurement on a 2-core box (DESIGN.md section 8): aiohttp for ASGI (0.45 x the bare app's
-throughput, against 0.033 x for one shared ``httpx.AsyncClient``) and urllib3 for WSGI (0.46 x, against 0.34 x
-for ``httpx.Client``). httpx stays available for users who bring their own client.
+Defaults chosen by measurement on a 2-core box (DESIGN.md section 8, docs/benchmarks.md): for ASGI the built-in
+client of :mod:`affinity_mw.h1` (2.5x less client CPU per forward than aiohttp, which measured 0.45 x the bare
+app's throughput against 0.033 x for one shared ``httpx.AsyncClient``); urllib3 for WSGI (0.46 x, against 0.34 x
+for ``httpx.Client``). aiohttp and httpx stay available (``AFFINITY_TRANSPORT``, or a client passed in).
 
 Every transport is configured as a proxy, not a browser: no cookie jar (one user's ``Set-Cookie`` must never ride
 on another user's request), no injected ``Accept``/``Accept-Encoding``/``User-Agent``, no decompression, no
@@ -107,7 +108,7 @@ def _aiohttp_connector(**options: Any) -> Any:
 
 
 class AiohttpTransport:
-    """The default ASGI transport: one ``aiohttp.ClientSession`` per worker and event loop, created lazily in the
+    """The aiohttp ASGI transport: one ``aiohttp.ClientSession`` per worker and event loop, created lazily in the
     running loop (a session is bound to the loop that made it; test clients and some hosts run several).
 
     Tuned for proxying, not browsing: no cookie jar (one user's ``Set-Cookie`` must never ride on another user's

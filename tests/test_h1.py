@@ -14,6 +14,7 @@ from affinity_mw.forward import (
     ClientGone,
     ConnectFailed,
     SendFailed,
+    Unforwardable,
     UpstreamRequest,
     UpstreamTimeout,
 )
@@ -179,8 +180,30 @@ def test_peer_dying_mid_body_raises_never_ends_cleanly(response: bytes) -> None:
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n",
+        b"HTTP/1.1 2_0 OK\r\n\r\n",
+        b"HTTP/1.1 +99 OK\r\n\r\n",
+        b"HTTP/1.1x 200 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx y: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx: a\nset-cookie: evil=1\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nx: a\rb\r\ncontent-length: 0\r\n\r\n",
     ],
-    ids=["status", "protocol", "no-colon", "obs-fold", "two-lengths", "signed-length", "te-and-cl", "101", "huge"],
+    ids=[
+        "status",
+        "protocol",
+        "no-colon",
+        "obs-fold",
+        "two-lengths",
+        "signed-length",
+        "te-and-cl",
+        "101",
+        "huge",
+        "underscore-status",
+        "plus-status",
+        "version",
+        "space-in-name",
+        "bare-lf-in-value",
+        "bare-cr-in-value",
+    ],
 )
 def test_unrelayable_response_is_bad_response(response: bytes) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -201,15 +224,16 @@ def test_unrelayable_response_is_bad_response(response: bytes) -> None:
 
 def test_bad_chunk_size_is_bad_response() -> None:
     async def main() -> None:
-        bad = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n"
-        async with serve(keep_alive(bad)) as (_, base):
-            t = AsyncioTransport()
-            r = await t.send(UpstreamRequest("GET", base, "/p", [(b"host", b"app")]))
-            with pytest.raises(BadResponse):
-                async for _ in r.aiter_raw():
-                    pass
-            await r.aclose(reusable=False)
-            await t.aclose()
+        for size in (b"0x5", b"1_0", b"+5", b" ", b"12345678901234567"):
+            bad = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + size + b"\r\nhello\r\n0\r\n\r\n"
+            async with serve(keep_alive(bad)) as (_, base):
+                t = AsyncioTransport()
+                r = await t.send(UpstreamRequest("GET", base, "/p", [(b"host", b"app")]))
+                with pytest.raises(BadResponse):
+                    async for _ in r.aiter_raw():
+                        pass
+                await r.aclose(reusable=False)
+                await t.aclose()
 
     run(main())
 
@@ -403,7 +427,140 @@ def test_head_waits_for_the_first_body_bytes() -> None:
                 await asyncio.wait_for(t.send(UpstreamRequest("POST", base, "/p", [], stalled(), None)), 0.3)
             await asyncio.sleep(0.1)
             await t.aclose()
-            assert server.connections == 1
+            assert server.connections == 0  # not even a connection is taken before the body's first bytes
 
     run(main())
-    assert received == [b""]  # the peer's app never saw a request whose body did not come
+    assert received == []
+
+
+def test_slow_downstream_reader_is_not_peer_silence() -> None:
+    big = b"x" * (2 * 1024 * 1024)
+
+    async def main() -> None:
+        response = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%b" % (len(big), big)
+        async with serve(keep_alive(response)) as (_, base):
+            t = AsyncioTransport(read_timeout=0.3)
+            r = await t.send(UpstreamRequest("GET", base, "/p", [(b"host", b"app")]))
+            got = 0
+            async for chunk in r.aiter_raw():
+                got += len(chunk)
+                await asyncio.sleep(0.05)  # a client reading slowly: reading from the peer is paused meanwhile
+            assert got == len(big)
+            await r.aclose(reusable=True)
+            await t.aclose()
+
+    run(main())
+
+
+def test_client_pausing_its_upload_is_not_peer_silence() -> None:
+    async def gappy() -> AsyncIterator[bytes]:
+        yield b"ab"
+        await asyncio.sleep(0.6)  # longer than the peer may stay silent
+        yield b"cd"
+
+    async def main() -> None:
+        async with serve(keep_alive(OK)) as (_, base):
+            t = AsyncioTransport(read_timeout=0.3)
+            r = await t.send(UpstreamRequest("POST", base, "/p", [], gappy(), 4, read_timeout=0.3))
+            assert r.status == 200
+            await r.aclose(reusable=False)
+            await t.aclose()
+
+    run(main())
+
+
+def test_late_first_body_bytes_never_meet_a_connection_closed_meanwhile() -> None:
+    async def short_keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(read_request(reader), 0.2)  # the peer's keep-alive: 0.2 s
+            except asyncio.TimeoutError:
+                return
+            writer.write(OK)
+            await writer.drain()
+
+    async def late() -> AsyncIterator[bytes]:
+        await asyncio.sleep(0.4)
+        yield b"body"
+
+    async def main() -> None:
+        async with serve(short_keep_alive) as (server, base):
+            t = AsyncioTransport(keepalive=5)  # misconfigured on purpose: above the peer's keep-alive
+            assert (await fetch(t, base))[:2] == (200, b"ok")
+            r = await t.send(UpstreamRequest("POST", base, "/p", [], late(), 4))
+            assert r.status == 200
+            await r.aclose(reusable=True)
+            assert server.connections == 2
+            await t.aclose()
+
+    run(main())
+
+
+def test_body_not_matching_its_content_length_is_never_sent_as_complete() -> None:
+    async def main() -> None:
+        async with serve(keep_alive(OK, OK, OK)) as (_, base):
+            t = AsyncioTransport()
+            for chunks in (
+                [b"abcd", b"GET /admin HTTP/1.1\r\nhost: a\r\n\r\n"],
+                [b"abcdef"],
+                [b"ab", b"cdef"],
+                [b"ab"],
+            ):
+                with pytest.raises(SendFailed):
+                    r = await t.send(UpstreamRequest("POST", base, "/p", [], chunks, 4))
+                    async for _ in r.aiter_raw():
+                        pass
+                    await r.aclose(reusable=True)
+            await t.aclose()
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [
+        ("/ HTTP/1.1\r\nhost: evil\r\n\r\nGET /x", []),
+        ("/a b", []),
+        ("/p", [(b"x-a", b"1\r\nx-affinity-hop: forged")]),
+        ("/p", [(b"x-a", b"1\nx-b: 2")]),
+        ("/p", [(b"x-a", b"1\x00")]),
+        ("/p", [(b"x-a\r\nx-b", b"1")]),
+    ],
+)
+def test_control_characters_are_never_written(target: str, headers: list[tuple[bytes, bytes]]) -> None:
+    async def main() -> None:
+        async with serve(keep_alive(OK)) as (server, base):
+            t = AsyncioTransport()
+            with pytest.raises(Unforwardable):
+                await t.send(UpstreamRequest("GET", base, target, headers))
+            assert server.connections == 0
+            await t.aclose()
+
+    run(main())
+
+
+def test_a_failing_body_iterator_fails_fast_and_post_without_body_has_length_zero() -> None:
+    seen: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        with contextlib.suppress(Exception):
+            await reader.read()
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"ab"
+        raise ValueError("a bug in the body iterator")
+
+    async def main() -> None:
+        async with serve(record) as (_, base):
+            t = AsyncioTransport(read_timeout=10)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(SendFailed):
+                await t.send(UpstreamRequest("POST", base, "/p", [], broken(), 10))
+            assert asyncio.get_running_loop().time() - started < 2
+            with pytest.raises(UpstreamTimeout):
+                await t.send(UpstreamRequest("POST", base, "/p", [], None, 0, read_timeout=0.2))
+            await t.aclose()
+
+    run(main())
+    assert b"content-length: 0\r\n" in seen[1]

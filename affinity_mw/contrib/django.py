@@ -6,8 +6,8 @@ both sync and async capable, like Django's own, so it never forces a thread swit
 
 * under WSGI (gunicorn, ``runserver``) it forwards with a pooled urllib3 client (``httpx.Client`` on request)
   and streams the body from the server's input;
-* under ASGI (uvicorn, daphne) it forwards with aiohttp in the serving event loop and returns an async
-  iterator, so Django streams the answer instead of buffering it. If a sync-only middleware below it makes
+* under ASGI (uvicorn, daphne) it forwards with the built-in asyncio client (:mod:`affinity_mw.h1`) in the
+  serving event loop and returns an async iterator, so Django streams the answer instead of buffering it. If a sync-only middleware below it makes
   Django run it synchronously under ASGI, the forward still runs on the event loop (``async_to_sync``).
 
 Configuration: ``settings.AFFINITY = {"peers": [...], "key": "header:X-Region", ...}`` with the keyword option
@@ -167,7 +167,7 @@ class AffinityMiddleware:
 
     def _transports(self, given: Any) -> tuple[AsyncTransport, SyncTransport | None]:
         """One transport per process for each way this instance can forward. Neither opens a connection here:
-        the aiohttp session is created lazily in the serving event loop."""
+        the async client's pool is created lazily in the serving event loop."""
         options = self.core.transport_options()
         use_httpx = self.core.settings.transport == "httpx"
         async_transport: AsyncTransport = make_async_transport(self.core.settings.transport, **options)
@@ -549,7 +549,8 @@ def _discard(response: UpstreamResponse, slot: asyncio.Semaphore) -> None:
 
 
 async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """Django's spooled body as the async iterable aiohttp wants (reads of a local file, 64 KiB at a time)."""
+    """Django's spooled body as the async iterable the async transports want (reads of a local file, 64 KiB at a
+    time)."""
     for chunk in chunks:
         yield chunk
 
