@@ -435,40 +435,40 @@ class AsyncioTransport:
         body = request.body
         length = request.content_length
         chunks: Any = None
-        first = b""
         more = False
         remaining: int | None = None
-        if body is not None:
-            # The head goes out with the body's first bytes, never before them, and no connection is taken until
-            # they are here: a request whose body never comes (a stalled client, or framing the server in front
-            # refuses after the head) never reaches the peer's app, a pooled connection cannot go stale while we
-            # wait, and a small body costs one write.
-            chunks, first, more = await _first_chunk(body, length)
-            remaining = None if length is None else length - len(first)
-            if length is None:
-                head += (b"%x\r\n%b\r\n" % (len(first), first) if first else b"") + (b"" if more else b"0\r\n\r\n")
-            else:
-                head += first
         conn = pool.take(peer)
-        if conn is not None:
-            try:
-                return await self._exchange(pool, peer, conn, request, head, chunks, more, remaining, timeout)
-            except SendFailed:
-                conn.close()
-                # A pooled connection the peer closed as we reused it (DESIGN.md 6.5): an idempotent request
-                # without a body that got no byte back is re-sent once on a fresh connection to the same peer.
-                # Anything else is the failover rules' business (ForwardPlan), not the transport's.
-                if conn.received or body is not None or request.method not in IDEMPOTENT:
-                    raise
-            except BaseException:
-                conn.close()
+        reused = conn is not None
+        if conn is None:
+            conn = await self._connect(pool, peer)  # refused: nothing read from the client, any method may fail over
+        try:
+            if body is not None:
+                # The head goes out with the body's first bytes, never before them: a request whose body never
+                # comes (a stalled client, or framing the server in front refuses after the head) never reaches
+                # the peer's app, and a small body costs one write.
+                chunks, first, more = await _first_chunk(body, length)
+                remaining = None if length is None else length - len(first)
+                if length is None:
+                    head += (b"%x\r\n%b\r\n" % (len(first), first) if first else b"") + (b"" if more else b"0\r\n\r\n")
+                else:
+                    head += first
+                if not conn.usable:
+                    # The peer closed the connection while the client was slow to send: nothing was written yet.
+                    conn.close()
+                    reused = False
+                    conn = await self._connect(pool, peer)
+            return await self._exchange(pool, peer, conn, request, head, chunks, more, remaining, timeout)
+        except SendFailed:
+            conn.close()
+            # A pooled connection the peer closed as we reused it (DESIGN.md 6.5): an idempotent request without
+            # a body that got no byte back is re-sent once on a fresh connection to the same peer. Anything else
+            # is the failover rules' business (ForwardPlan), not the transport's.
+            if not reused or conn.received or body is not None or request.method not in IDEMPOTENT:
                 raise
-            try:
-                conn = await self._connect(pool, peer)
-            except ConnectFailed as exc:
-                raise SendFailed(f"the request met a closed pooled connection, then: {exc}") from exc
-        else:
-            conn = await self._connect(pool, peer)
+        except BaseException:
+            conn.close()
+            raise
+        conn = await self._connect(pool, peer)
         try:
             return await self._exchange(pool, peer, conn, request, head, chunks, more, remaining, timeout)
         except BaseException:

@@ -7,8 +7,9 @@ both sync and async capable, like Django's own, so it never forces a thread swit
 * under WSGI (gunicorn, ``runserver``) it forwards with a pooled urllib3 client (``httpx.Client`` on request)
   and streams the body from the server's input;
 * under ASGI (uvicorn, daphne) it forwards with the built-in asyncio client (:mod:`affinity_mw.h1`) in the
-  serving event loop and returns an async iterator, so Django streams the answer instead of buffering it. If a sync-only middleware below it makes
-  Django run it synchronously under ASGI, the forward still runs on the event loop (``async_to_sync``).
+  serving event loop and returns an async iterator, so Django streams the answer instead of buffering it. If a
+  sync-only middleware below it makes Django run it synchronously under ASGI, the forward still runs on the
+  event loop (``async_to_sync``).
 
 Configuration: ``settings.AFFINITY = {"peers": [...], "key": "header:X-Region", ...}`` with the keyword option
 names of :mod:`affinity_mw.config`; any ``AFFINITY_*`` environment variable that is set wins over the same
