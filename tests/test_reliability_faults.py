@@ -1,12 +1,12 @@
 """Peer faults against real clusters (DESIGN.md section 6, rules 2-6; issue 5): a peer that hangs, resets, dies
 mid-body or answers 5xx, stale pooled keep-alive connections, and POSTs while a node is SIGKILLed.
 
-Each scenario runs on an ASGI stack (uvicorn, aiohttp transport) and a WSGI stack (gunicorn gthread, urllib3
-transport). The misbehaving peer is ``tests/faultpeer.py``, a raw asyncio server in its own process on a loopback
-address that is a member of the real nodes' ring (``AFFINITY_PEERS`` names it next to them); each scenario has its
-own fault address, so one scenario's ejections cannot steer another's keys. Executions of ``/probe/{tenant}/
-fault-exec`` are appended by the real nodes' apps to a shared log, which is how "never re-sent" and "never
-duplicated" are counted.
+Each scenario runs on an ASGI stack (uvicorn, the default asyncio transport) and a WSGI stack (gunicorn gthread,
+urllib3 transport). The misbehaving peer is ``tests/faultpeer.py``, a raw asyncio server in its own process on a
+loopback address that is a member of the real nodes' ring (``AFFINITY_PEERS`` names it next to them); each
+scenario has its own fault address, so one scenario's ejections cannot steer another's keys. Executions of
+``/probe/{tenant}/fault-exec`` are appended by the real nodes' apps to a shared log, which is how "never re-sent"
+and "never duplicated" are counted.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Overload, limits and data integrity on real clusters (DESIGN.md section 6, rules 12-14).
 
-Each scenario runs on an ASGI stack (FastAPI under uvicorn, aiohttp transport) and a WSGI stack (Flask under
+Each scenario runs on an ASGI stack (FastAPI under uvicorn, the default asyncio transport) and a WSGI stack (Flask under
 gunicorn gthread, urllib3 transport): 431/413 before routing, slow clients against a small forwarding pool, client
 disconnects by the hundred, 1 GB through a forward with the forwarding node's memory watched, and a byte-exact
 integrity matrix. Every loop is bounded in count and time, every address is on 127.0.0.0/8, and every process a
@@ -31,7 +31,7 @@ from affinity_mw import StaticMembership
 ASGI_APP = "tests.apps.asgi_app:app"
 WSGI_APP = "tests.apps.wsgi_app:app"
 STACKS: dict[str, dict[str, str]] = {
-    "asgi-uvicorn-aiohttp": {"server": "uvicorn", "app": ASGI_APP},
+    "asgi-uvicorn": {"server": "uvicorn", "app": ASGI_APP},
     "wsgi-gthread-urllib3": {"server": "gunicorn-gthread", "app": WSGI_APP},
 }
 KiB, MiB, GiB = 1024, 1024 * 1024, 1024 * 1024 * 1024
