@@ -56,6 +56,7 @@ class _Connection(asyncio.Protocol):
         "busy",
         "eof",
         "error",
+        "head_phase",
         "idle_since",
         "loop",
         "paused",
@@ -72,6 +73,7 @@ class _Connection(asyncio.Protocol):
         self.buf = bytearray()
         self.eof = False
         self.error: BaseException | None = None
+        self.head_phase = False
         self.busy = True
         self.received = False
         self.paused = False
@@ -98,7 +100,11 @@ class _Connection(asyncio.Protocol):
             return
         self.buf += data
         self.received = True
-        self._last_data = self.loop.time()
+        if not self.head_phase:
+            # Until the response head is complete, the peer's bytes do not reset the clock: the per-try timeout
+            # bounds the wait for response headers, and a peer trickling 1xx lines or head bytes must not stretch
+            # it past the overall deadline (DESIGN.md 6.4). Our own writes and waits still do.
+            self._last_data = self.loop.time()
         if not self.paused and len(self.buf) > _HIGH_WATER:
             self.paused = True
             assert self.transport is not None
@@ -488,6 +494,7 @@ class AsyncioTransport:
         timeout: float,
     ) -> _Response:
         assert conn.transport is not None
+        conn.head_phase = True
         conn.arm(timeout)
         try:
             conn.transport.write(head)
@@ -504,6 +511,7 @@ class AsyncioTransport:
                 if status == 101:
                     raise BadResponse("the peer switched protocols; upgrades are not forwarded")
                 status, raw, version11 = await _read_head(conn, sent)  # 100 Continue, 103: not relayed
+            conn.head_phase = False
             conn.arm(self.read_timeout)  # from here on: the longest silence while the body streams
             length, keep = _response_framing(request.method, status, raw, version11)
         except BaseException:

@@ -564,3 +564,24 @@ def test_a_failing_body_iterator_fails_fast_and_post_without_body_has_length_zer
 
     run(main())
     assert b"content-length: 0\r\n" in seen[1]
+
+
+def test_a_peer_trickling_its_head_cannot_stretch_the_header_timeout() -> None:
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        for _ in range(40):  # 103 Early Hints, one every 0.1 s: always talking, never answering
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    async def main() -> None:
+        async with serve(trickle) as (_, base):
+            t = AsyncioTransport(read_timeout=10)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(UpstreamTimeout):
+                await t.send(UpstreamRequest("GET", base, "/p", [(b"host", b"app")], read_timeout=0.5))
+            assert loop.time() - started < 1.5
+            await t.aclose()
+
+    run(main())
