@@ -24,6 +24,10 @@ machine to be idle, every run records how many cores something else used meanwhi
 ``--max-other`` is measured once more, the less disturbed one kept), and the spread of the bare request's CPU
 cost over the rounds shows drift of the (virtual) machine itself. Disturbances are listed at the end.
 
+``--extra-transports`` (ASGI only) adds ``forwarded-httpx-aiohttp`` and ``forwarded-pyreqwest``: two-node clusters
+whose A runs ``bench.extra_transports:wrapped`` with ``BENCH_TRANSPORT`` naming a client that affinity_mw does not
+ship (``bash bench/setup.sh --extra`` installs them; docs/benchmarks.md "More transports" has their verdicts).
+
 ``--wsgi`` measures the WSGI stack instead: the Flask twin of the app (``bench/wsgi_app.py``, wrapped by the
 ``Affinity`` extension), each server one gunicorn master with one ``gthread`` worker of 8 threads (keep-alive
 5 s), and the scenarios ``bare``, ``local``, ``forwarded-urllib3`` (the default WSGI transport) and
@@ -70,6 +74,9 @@ SECRET = "bench-cluster-secret-0123456789abcdef"
 LUA = ROOT / "bench" / "wrk_report.lua"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SCENARIOS = ("bare", "local", "forwarded-asyncio", "forwarded-aiohttp", "forwarded-httpx")  # ASGI
+# --extra-transports (ASGI only): clients affinity_mw does not ship, A running bench/extra_transports.py.
+EXTRA_TRANSPORTS = ("httpx-aiohttp", "pyreqwest")
+EXTRA_MODULES = {"httpx-aiohttp": "httpx_aiohttp", "pyreqwest": "pyreqwest"}
 WSGI_SCENARIOS = ("bare", "local", "forwarded-urllib3", "forwarded-httpx")
 # Every --wsgi server: gunicorn's threaded worker, as issue #3 specifies it.
 GUNICORN_WORKER = ["--worker-class", "gthread", "--threads", "8", "--workers", "1", "--keep-alive", "5"]
@@ -335,7 +342,9 @@ def build_scenarios(args: Any) -> tuple[list[Scenario], list[Server]]:
     servers.append(bare)
     scenarios.append(Scenario("bare", bare, [bare], "tenant-0000", "bare"))
 
-    def cluster(name: str, transport: str, with_b: bool) -> tuple[Server, Server | None, list[str]]:
+    def cluster(
+        name: str, transport: str, with_b: bool, a_app: str | None = None
+    ) -> tuple[Server, Server | None, list[str]]:
         port = free_port([HOST_A, HOST_B])
         peers = [f"http://{HOST_A}:{port}", f"http://{HOST_B}:{port}"]
         common = {
@@ -343,9 +352,12 @@ def build_scenarios(args: Any) -> tuple[list[Scenario], list[Server]]:
             "AFFINITY_SECRET": SECRET,
             "AFFINITY_KEY": "header:X-Tenant",
         }
-        if transport != "urllib3":  # the WSGI default has no AFFINITY_TRANSPORT value of its own
-            common["AFFINITY_TRANSPORT"] = transport
-        a = Server(f"{name}-A", f"{module}:wrapped", HOST_A, port, dict(common, AFFINITY_SELF=peers[0]), args)
+        a_env = dict(common, AFFINITY_SELF=peers[0])
+        if a_app is not None:  # an extra transport: chosen by BENCH_TRANSPORT in bench/extra_transports.py
+            a_env["BENCH_TRANSPORT"] = transport
+        elif transport != "urllib3":  # the WSGI default has no AFFINITY_TRANSPORT value of its own
+            common["AFFINITY_TRANSPORT"] = a_env["AFFINITY_TRANSPORT"] = transport
+        a = Server(f"{name}-A", a_app or f"{module}:wrapped", HOST_A, port, a_env, args)
         servers.append(a)
         b = None
         if with_b:
@@ -368,6 +380,12 @@ def build_scenarios(args: Any) -> tuple[list[Scenario], list[Server]]:
         proxy = NginxServer("nginx-proxy", HOST_A, port, owner, args)
         servers += [owner, proxy]
         scenarios.append(Scenario("nginx", proxy, [proxy, owner], "tenant-0001", owner.name))
+    if not wsgi and getattr(args, "extra_transports", False):
+        for transport in EXTRA_TRANSPORTS:
+            name = f"forwarded-{transport}"
+            a, b, peers = cluster(name, transport, with_b=True, a_app="bench.extra_transports:wrapped")
+            assert b is not None
+            scenarios.append(Scenario(name, a, [a, b], tenant_owned_by(peers, peers[1]), b.name))
     expected = WSGI_SCENARIOS if wsgi else SCENARIOS
     assert tuple(sc.name for sc in scenarios)[: len(expected)] == expected
     return scenarios, servers
@@ -666,7 +684,8 @@ def machine() -> dict[str, Any]:
                 break
     versions: dict[str, str | None] = {}
     dists = ("uvicorn", "starlette", "aiohttp", "httpx", "h11", "uvloop", "httptools", "itsdangerous")
-    for dist in (*dists, "gunicorn", "flask", "werkzeug", "urllib3"):
+    extra = ("httpx-aiohttp", "pyreqwest") if "--extra-transports" in sys.argv else ()
+    for dist in (*dists, "gunicorn", "flask", "werkzeug", "urllib3", *extra):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -788,6 +807,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, metavar="PATH", help="write everything as JSON to PATH")
     parser.add_argument("--no-ring", action="store_true", help="skip bench/ring_bench.py (make bench runs it itself)")
     parser.add_argument(
+        "--extra-transports",
+        action="store_true",
+        help="also forwarded-httpx-aiohttp and forwarded-pyreqwest (ASGI; bench/setup.sh --extra installs them)",
+    )
+    parser.add_argument(
         "--max-other",
         type=float,
         default=0.25,
@@ -799,6 +823,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.wsgi and args.uvloop:
         parser.error("--uvloop is an ASGI pass; --wsgi measures gunicorn")
+    if args.wsgi and args.extra_transports:
+        parser.error("--extra-transports are ASGI clients; --wsgi measures gunicorn")
+    if args.extra_transports:
+        import importlib.util
+
+        missing = [dist for dist, mod in EXTRA_MODULES.items() if importlib.util.find_spec(mod) is None]
+        if missing:
+            print(f"--extra-transports needs {', '.join(missing)}: run bench/setup.sh --extra", file=sys.stderr)
+            return 2
     if args.idle_budget is None:
         args.idle_budget = 30.0 if args.wsgi else 45.0
     if args.retries is None:
@@ -838,6 +871,8 @@ def run(args: Any, started: float) -> int:
             )
         },
     }
+    if args.extra_transports:
+        result["config"]["extra_transports"] = list(EXTRA_TRANSPORTS)
     m = result["machine"]
     print(
         f"{m['nproc']} x {m['cpu_model']}, Python {m['python']}, {m['wrk']}; "

@@ -24,6 +24,8 @@ NAMES = {
     "forwarded-asyncio": "forwarded, built-in asyncio client (default)",
     "forwarded-aiohttp": "forwarded, aiohttp",
     "forwarded-httpx": "forwarded, httpx",
+    "forwarded-httpx-aiohttp": "forwarded, httpx over aiohttp (httpx-aiohttp)",
+    "forwarded-pyreqwest": "forwarded, pyreqwest (not proxy-safe)",
     "forwarded-urllib3": "forwarded, urllib3 (default)",
     "nginx": "nginx hop (`hash $http_x_tenant consistent`)",
 }

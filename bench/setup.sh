@@ -2,6 +2,7 @@
 # Install what the HTTP benchmark needs, idempotently: wrk (from Debian) and the Python packages in the venv.
 #   bash bench/setup.sh            # wrk + uvicorn/starlette/httpx (and gunicorn/flask for --wsgi) in .venv
 #   bash bench/setup.sh --uvloop   # also uvloop and httptools, for `http_bench.py --uvloop`
+#   bash bench/setup.sh --extra    # also httpx-aiohttp and pyreqwest, for `http_bench.py --extra-transports`
 # Runs as root on a clean Debian machine that has only Python, pip, gcc and make; re-running changes nothing.
 set -euo pipefail
 
@@ -27,12 +28,21 @@ fi
 # clients of each stack and affinity_mw's own dependencies (affinity_mw itself is imported from the checkout: the
 # benchmark puts the root on PYTHONPATH).
 need=(uvicorn starlette h11 httpx aiohttp itsdangerous urllib3 gunicorn flask)
-if [ "${1:-}" = "--uvloop" ]; then
-    need+=(uvloop httptools)
-fi
+# --extra: the benchmark-only clients of `http_bench.py --extra-transports` (module:PyPI name; not dependencies).
+extra=()
+for arg in "$@"; do
+    case "$arg" in
+        --uvloop) need+=(uvloop httptools) ;;
+        --extra) extra+=(httpx_aiohttp:httpx-aiohttp pyreqwest:pyreqwest) ;;
+        *) echo "setup: unknown option $arg (use --uvloop and/or --extra)" >&2; exit 2 ;;
+    esac
+done
 missing=()
 for module in "${need[@]}"; do
     "$PY" -c "import $module" >/dev/null 2>&1 || missing+=("$module")
+done
+for pair in "${extra[@]}"; do
+    "$PY" -c "import ${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]} into the virtualenv"
