@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # run from a checkout: bench/ and scripts/ are not packages
+
+from docblock import replace_block  # noqa: E402
+
 START, END = "<!-- bench-results:start -->", "<!-- bench-results:end -->"
 NAMES = {
     "bare": "bare app",
@@ -135,13 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     text = render(args.results)
     print(text)
     if args.write:
-        doc = args.write.read_text(encoding="utf-8")
-        if START not in doc or END not in doc:
-            print(f"{args.write} has no {START} ... {END} markers", file=sys.stderr)
+        try:
+            doc = replace_block(args.write.read_text(encoding="utf-8"), START, END, text)
+        except ValueError as exc:
+            print(f"{args.write}: {exc}", file=sys.stderr)
             return 1
-        head, _, rest = doc.partition(START)
-        _, _, tail = rest.partition(END)
-        args.write.write_text(f"{head}{START}\n{text}{END}{tail}", encoding="utf-8")
+        args.write.write_text(doc, encoding="utf-8")
     return 0
 
 

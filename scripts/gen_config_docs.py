@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from docblock import replace_block
+
 from affinity_mw.config import OPTIONS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
@@ -31,9 +33,7 @@ def table() -> str:
 
 
 def render(text: str) -> str:
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    return f"{head}{BEGIN}\n{table()}\n{END}{tail}"
+    return replace_block(text, BEGIN, END, table())
 
 
 def main() -> int:

@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from docblock import replace_block
+
 START, END = "<!-- reliability-table:start -->", "<!-- reliability-table:end -->"
 COLUMNS = ("scenario", "stack", "sent", "failed", "retried", "duplicated", "bytes checked", "peak RSS +MiB", "notes")
 
@@ -100,13 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows)
     print(text)
     if args.write:
-        doc = args.write.read_text(encoding="utf-8")
-        if START not in doc or END not in doc:
-            print(f"{args.write} has no {START} ... {END} markers", file=sys.stderr)
+        try:
+            doc = replace_block(args.write.read_text(encoding="utf-8"), START, END, text)
+        except ValueError as exc:
+            print(f"{args.write}: {exc}", file=sys.stderr)
             return 1
-        head, _, rest = doc.partition(START)
-        _, _, tail = rest.partition(END)
-        args.write.write_text(f"{head}{START}\n{text}\n{END}{tail}", encoding="utf-8")
+        args.write.write_text(doc, encoding="utf-8")
     return 0
 
 
