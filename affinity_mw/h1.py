@@ -34,6 +34,7 @@ from .forward import (
     UpstreamTimeout,
     response_headers,
 )
+from .transports import PerLoop
 
 __all__ = ["AsyncioTransport"]
 
@@ -399,17 +400,7 @@ class AsyncioTransport:
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._pools: dict[int, _Pool] = {}
-
-    def _pool(self) -> _Pool:
-        loop = asyncio.get_running_loop()
-        pool = self._pools.get(id(loop))
-        if pool is None or pool.loop is not loop:
-            for key, other in list(self._pools.items()):
-                if other.loop.is_closed():
-                    self._pools.pop(key, None)
-            pool = self._pools[id(loop)] = _Pool(loop, self.keepalive)
-        return pool
+        self._pools: PerLoop[_Pool] = PerLoop(lambda loop: _Pool(loop, keepalive))
 
     async def _connect(self, pool: _Pool, peer: _Peer) -> _Connection:
         loop = pool.loop
@@ -429,7 +420,7 @@ class AsyncioTransport:
         return conn
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        pool = self._pool()
+        pool = self._pools.get()
         try:
             peer = pool.peer(request.url_base)
         except (ValueError, UnicodeError) as exc:
@@ -521,8 +512,7 @@ class AsyncioTransport:
         return _Response(conn, peer, pool, status, response_headers(raw), length, keep, sent)
 
     async def aclose(self) -> None:
-        loop = asyncio.get_running_loop()
-        pool = self._pools.pop(id(loop), None)
+        pool = self._pools.pop()
         if pool is not None:
             pool.close()
 

@@ -19,8 +19,8 @@ import http.cookiejar
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from .forward import (
     IDEMPOTENT,
@@ -37,7 +37,44 @@ from .forward import (
     response_headers,
 )
 
-__all__ = ["AiohttpTransport", "HttpxSyncTransport", "HttpxTransport", "Urllib3Transport"]
+__all__ = ["AiohttpTransport", "HttpxSyncTransport", "HttpxTransport", "PerLoop", "Urllib3Transport"]
+
+T = TypeVar("T")
+
+
+class PerLoop(Generic[T]):
+    """One client (session, pool) per running event loop, made on first use in that loop.
+
+    A client is bound to the loop that made it, and test clients and some hosts run several loops one after
+    another. Entries are keyed by the loop's id but checked by identity, since a closed loop's id can be reused by
+    the next one; entries of closed loops are dropped whenever a new client is made.
+    """
+
+    def __init__(
+        self, make: Callable[[asyncio.AbstractEventLoop], T], usable: Callable[[T], bool] | None = None
+    ) -> None:
+        self._make = make
+        self._usable = usable
+        self._entries: dict[int, tuple[asyncio.AbstractEventLoop, T]] = {}
+
+    def get(self) -> T:
+        loop = asyncio.get_running_loop()
+        entry = self._entries.get(id(loop))
+        if entry is not None and entry[0] is loop and (self._usable is None or self._usable(entry[1])):
+            return entry[1]
+        for key, (other, _) in list(self._entries.items()):
+            if other.is_closed():
+                self._entries.pop(key, None)
+        client = self._make(loop)
+        self._entries[id(loop)] = (loop, client)
+        return client
+
+    def pop(self) -> T | None:
+        """This loop's client, forgotten here (the caller closes it), or None."""
+        loop = asyncio.get_running_loop()
+        entry = self._entries.pop(id(loop), None)
+        return entry[1] if entry is not None and entry[0] is loop else None
+
 
 # ---------------------------------------------------------------------------------------------------- aiohttp
 
@@ -131,18 +168,11 @@ class AiohttpTransport:
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._sessions: dict[int, tuple[Any, Any]] = {}
+        self._sessions: PerLoop[Any] = PerLoop(self._new_session, lambda session: not session.closed)
 
-    def _session(self) -> Any:
-        loop = asyncio.get_running_loop()
-        entry = self._sessions.get(id(loop))
-        if entry is not None and entry[0] is loop and not entry[1].closed:
-            return entry[1]
+    def _new_session(self, loop: asyncio.AbstractEventLoop) -> Any:
         import aiohttp
 
-        for key, (other, _) in list(self._sessions.items()):
-            if other.is_closed():
-                del self._sessions[key]
         connector = _aiohttp_connector(
             limit=0, limit_per_host=self.pool_size, keepalive_timeout=self.keepalive, ttl_dns_cache=10
         )
@@ -160,7 +190,6 @@ class AiohttpTransport:
         )
         if hasattr(session, "_retry_connection"):
             session._retry_connection = False
-        self._sessions[id(loop)] = (loop, session)
         return session
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
@@ -168,7 +197,7 @@ class AiohttpTransport:
         from multidict import CIMultiDict
         from yarl import URL
 
-        session = self._session()
+        session = self._sessions.get()
         headers: CIMultiDict[str] = CIMultiDict(
             (name.decode("latin-1"), _text(value)) for name, value in request.headers
         )
@@ -233,10 +262,9 @@ class AiohttpTransport:
         return _AiohttpResponse(resp)
 
     async def aclose(self) -> None:
-        loop = asyncio.get_running_loop()
-        entry = self._sessions.pop(id(loop), None)
-        if entry is not None:
-            await entry[1].close()
+        session = self._sessions.pop()
+        if session is not None:
+            await session.close()
 
 
 # ------------------------------------------------------------------------------------------------------ httpx

@@ -57,6 +57,7 @@ from affinity_mw.forward import (
     client_gone,
     response_headers,
 )
+from affinity_mw.transports import PerLoop
 
 TRANSPORTS = ("httpx-aiohttp", "pyreqwest")
 # Methods that carry no body by convention, as in affinity_mw.transports: no Content-Length: 0 for them.
@@ -175,13 +176,9 @@ class PyreqwestTransport:
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._clients: dict[int, tuple[Any, Any]] = {}
+        self._clients: PerLoop[Any] = PerLoop(self._new_client)
 
-    def _client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        entry = self._clients.get(id(loop))
-        if entry is not None and entry[0] is loop:
-            return entry[1]
+    def _new_client(self, loop: asyncio.AbstractEventLoop) -> Any:
         from pyreqwest.client import ClientBuilder
 
         seconds = datetime.timedelta
@@ -204,7 +201,6 @@ class PyreqwestTransport:
             .read_timeout(seconds(seconds=self.read_timeout))
             .build()
         )
-        self._clients[id(loop)] = (loop, client)
         return client
 
     async def send(self, request: UpstreamRequest) -> _PyreqwestResponse:
@@ -218,7 +214,7 @@ class PyreqwestTransport:
         )
 
         headers = [(name.decode("latin-1"), _text(value)) for name, value in request.headers]
-        builder = self._client().request(request.method, request.url_base + request.target)
+        builder = self._clients.get().request(request.method, request.url_base + request.target)
         if request.body is not None:
             if request.content_length is not None:
                 headers.append(("content-length", str(request.content_length)))
@@ -260,9 +256,9 @@ class PyreqwestTransport:
         return _PyreqwestResponse(outgoing, resp, response_headers(raw))
 
     async def aclose(self) -> None:
-        entry = self._clients.pop(id(asyncio.get_running_loop()), None)
-        if entry is not None:
-            await entry[1].close()
+        client = self._clients.pop()
+        if client is not None:
+            await client.close()
 
 
 def _causes(exc: Any) -> str:

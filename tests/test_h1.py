@@ -19,6 +19,7 @@ from affinity_mw.forward import (
     UpstreamTimeout,
 )
 from affinity_mw.h1 import AsyncioTransport
+from affinity_mw.transports import PerLoop
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
@@ -585,3 +586,23 @@ def test_a_peer_trickling_its_head_cannot_stretch_the_header_timeout() -> None:
             await t.aclose()
 
     run(main())
+
+
+def test_one_client_per_event_loop() -> None:
+    made: list[asyncio.AbstractEventLoop] = []
+    broken: set[int] = set()
+    per_loop: PerLoop[int] = PerLoop(lambda loop: made.append(loop) or len(made), lambda n: n not in broken)
+
+    async def twice() -> tuple[int, int]:
+        return per_loop.get(), per_loop.get()
+
+    assert asyncio.run(twice()) == (1, 1)  # one per loop, reused within it
+    assert asyncio.run(twice()) == (2, 2)  # a new loop (perhaps with the old one's id) gets its own
+
+    async def unusable_then_pop() -> tuple[int, int | None, int | None]:
+        first = per_loop.get()
+        broken.add(first)
+        second = per_loop.get()
+        return second, per_loop.pop(), per_loop.pop()
+
+    assert asyncio.run(unusable_then_pop()) == (4, 4, None)
