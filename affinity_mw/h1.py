@@ -668,16 +668,14 @@ async def _first_chunk(body: Any, length: int | None) -> tuple[Any, bytes, bool]
             if chunk:
                 first = chunk
                 break
-        if length is not None and len(first) >= length:
-            async for chunk in aiterator:
-                if chunk:
-                    raise SendFailed("the request body is longer than its Content-Length")
-            more = False
-        else:
-            more = bool(first)
-        if length is not None and len(first) > length:
+        if length is None or len(first) < length:
+            return aiterator, first, bool(first)
+        if len(first) > length:
             raise SendFailed("the request body is longer than its Content-Length")
-        return aiterator, first, more
+        async for chunk in aiterator:
+            if chunk:
+                raise SendFailed("the request body is longer than its Content-Length")
+        return aiterator, first, False
     iterator = iter(body)
     first = next((chunk for chunk in iterator if chunk), b"")
     if length is not None and len(first) >= length:

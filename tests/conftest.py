@@ -7,9 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from figures import Figure, Figures, open_fds, rss_mb
-
-__all__ = ["Figure", "Figures", "open_fds", "rss_mb"]
+from figures import Figures
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -24,7 +24,7 @@ import h11
 import httpx
 import pytest
 from cluster import Cluster
-from conftest import Figures, open_fds, rss_mb
+from figures import Figures, open_fds, rss_mb
 
 from affinity_mw import StaticMembership
 
