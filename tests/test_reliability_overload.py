@@ -25,6 +25,7 @@ import httpx
 import pytest
 from cluster import Cluster
 from figures import Figures, open_fds, rss_mb
+from patterns import pattern
 
 from affinity_mw import StaticMembership
 
@@ -40,18 +41,6 @@ pytestmark = pytest.mark.reliability
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
-
-
-def pattern(size: int, seed: int) -> Iterator[bytes]:
-    """The apps' ``pattern``: deterministic pseudo-random 64 KiB blocks, each numbered."""
-    pool = random.Random(seed).randbytes(1 << 20)
-    i, left = 0, size
-    while left > 0:
-        offset = (i * 40503) % ((1 << 20) - 65536)
-        block = (i.to_bytes(8, "big") + pool[offset : offset + 65528])[:left]
-        left -= len(block)
-        i += 1
-        yield block
 
 
 def pattern_sha(size: int, seed: int) -> str:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-import random
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import Request, Response
@@ -22,6 +21,8 @@ from starlette.middleware import Middleware
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "fastapi_tenants"))
 
 from app import NODE, app
+
+from tests.patterns import pattern
 
 served: Counter[str] = Counter()
 GZIP_BODY = gzip.compress(b"affinity " * 5000, mtime=0)
@@ -136,19 +137,6 @@ async def fault_exec(tenant: str, request: Request, id: str = "", pause: float =
     if pause:
         await asyncio.sleep(pause)
     return {"node": NODE, "id": id, "method": request.method}
-
-
-def pattern(size: int, seed: int) -> Iterator[bytes]:
-    """Deterministic pseudo-random bytes in 64 KiB blocks, each numbered: cheap to produce and to check at GB sizes,
-    and a lost, repeated or reordered block changes the hash (the test suite has the same function)."""
-    pool = random.Random(seed).randbytes(1 << 20)
-    i, left = 0, size
-    while left > 0:
-        offset = (i * 40503) % ((1 << 20) - 65536)
-        block = (i.to_bytes(8, "big") + pool[offset : offset + 65528])[:left]
-        left -= len(block)
-        i += 1
-        yield block
 
 
 @app.api_route("/probe/{tenant}/big-body", methods=["GET", "HEAD"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import random
 import sys
 import time
 from collections import Counter
@@ -19,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "flask
 from app import NODE, app
 
 from affinity_mw.contrib.flask import current_decision
+from tests.patterns import pattern
 
 tenant_counters: Counter[str] = Counter()
 served: Counter[str] = Counter()
@@ -141,18 +141,6 @@ def fault_exec(tenant: str):  # type: ignore[no-untyped-def]
     if pause:
         time.sleep(pause)
     return jsonify(node=NODE, id=ident, method=request.method)
-
-
-def pattern(size: int, seed: int) -> Iterator[bytes]:
-    """The same deterministic 64 KiB blocks as ``asgi_app.pattern``."""
-    pool = random.Random(seed).randbytes(1 << 20)
-    i, left = 0, size
-    while left > 0:
-        offset = (i * 40503) % ((1 << 20) - 65536)
-        block = (i.to_bytes(8, "big") + pool[offset : offset + 65528])[:left]
-        left -= len(block)
-        i += 1
-        yield block
 
 
 @app.route("/probe/<tenant>/big-body", methods=["GET", "HEAD"])
