@@ -18,8 +18,11 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
+
+from affinity_mw.introspect import AUTH_HEADER, sign_request
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "test-cluster-secret-0123456789abcdef"
@@ -211,3 +214,13 @@ class Cluster:
 
 def kill(node: ServerNode) -> None:
     node.stop(signal.SIGKILL)
+
+
+def node_metrics(url: str) -> dict[str, Any]:
+    """A node's ``/_affinity/metrics.json`` (counters, ejections, latency), asked with the cluster secret so it
+    answers whatever ``AFFINITY_INTROSPECTION`` allows."""
+    r = httpx.get(
+        f"{url}/_affinity/metrics.json", headers={AUTH_HEADER: sign_request(SECRET)}, trust_env=False, timeout=10
+    )
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cluster import SECRET, Cluster, ServerNode
+from cluster import SECRET, Cluster, ServerNode, node_metrics
 from figures import Figures
 from load import Load
 
@@ -117,8 +117,7 @@ def test_rolling_restart_with_draining_fails_no_request(tmp_path: Path, stack: s
 
 
 def retries(url: str) -> int:
-    r = httpx.get(f"{url}/_affinity/health", headers={AUTH_HEADER: sign_request(SECRET)}, trust_env=False, timeout=5)
-    return int(r.json()["counters"].get("retries", 0))
+    return int(node_metrics(url)["counters"]["retries"])
 
 
 def restart_with_draining(node: ServerNode, load: Load) -> None:

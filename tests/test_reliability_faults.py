@@ -22,11 +22,10 @@ from typing import Any
 
 import httpx
 import pytest
-from cluster import SECRET, Cluster
+from cluster import Cluster, node_metrics
 from faultpeer import FaultPeer
 
 from affinity_mw import StaticMembership, hash_key
-from affinity_mw.introspect import AUTH_HEADER, sign_request
 
 STACKS = {"asgi": ("uvicorn", "tests.apps.asgi_app:app"), "wsgi": ("gunicorn-gthread", "tests.apps.wsgi_app:app")}
 # One fault address per scenario (same port as the real nodes, on 127.0.0.4 and up).
@@ -45,14 +44,6 @@ READ_TIMEOUT_2, DEADLINE_2 = 8.0, 1.5
 MARGIN = 3.0  # seconds of slack for a loaded 2-core machine; still well below READ_TIMEOUT_2
 EJECT_AFTER = 5
 CLIENT_TIMEOUT = 20.0
-
-
-def metrics(url: str) -> dict[str, Any]:
-    r = httpx.get(
-        f"{url}/_affinity/metrics.json", headers={AUTH_HEADER: sign_request(SECRET)}, trust_env=False, timeout=10
-    )
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
 
 
 def counter_delta(after: dict[str, Any], before: dict[str, Any], name: str) -> int:
@@ -222,7 +213,7 @@ def test_reset_after_send_retries_a_get_once_and_never_resends_a_post(faulty: Fa
     fault = faulty.fault_url("reset")
     n1, n2 = faulty.urls
     key = keys_with_order(faulty.members, [fault, n2], 1, "reset")[0]
-    before = metrics(n1)
+    before = node_metrics(n1)
     statuses: list[tuple[str, int, str | None]] = []
     with faulty.fault("reset", "reset") as peer, httpx.Client(trust_env=False, timeout=CLIENT_TIMEOUT) as client:
         for i, (method, body) in enumerate([("GET", None), ("POST", b""), ("GET", None), ("POST", b"x" * 5000)]):
@@ -231,7 +222,7 @@ def test_reset_after_send_retries_a_get_once_and_never_resends_a_post(faulty: Fa
             )
             statuses.append((method, r.status_code, r.headers.get("x-affinity-served-by")))
         counts = peer.counts()
-    after = metrics(n1)
+    after = node_metrics(n1)
     runs = Counter((e[1], e[2]) for e in executions(faulty.exec_log) if e[2].startswith("reset-"))
     retried = counter_delta(after, before, "retries")
     assert statuses == [("GET", 200, n2), ("POST", 502, None), ("GET", 200, n2), ("POST", 502, None)], statuses
@@ -320,7 +311,7 @@ def test_peer_failing_every_request_is_ejected_and_retries_stay_in_budget(
     n1, n2 = faulty.urls
     keys = keys_with_order(faulty.members, [fault, n2], 8, mode)
     total, threads = 60, 4
-    before = metrics(n1)
+    before = node_metrics(n1)
     results: list[tuple[int | None, str | None]] = []
     lock = threading.Lock()
     issued = [0]
@@ -351,7 +342,7 @@ def test_peer_failing_every_request_is_ejected_and_retries_stay_in_budget(
             t.join(timeout=60)
         counts = peer.counts()
     assert not any(t.is_alive() for t in pool)
-    after = metrics(n1)
+    after = node_metrics(n1)
     attempts = upstream_attempts(after, before)
     retried = counter_delta(after, before, "retries")
     statuses = Counter(status for status, _ in results)
@@ -399,7 +390,7 @@ def keepalive_scenario(tmp: Path, stack: str, gaps: list[float], figures: Any) -
         owner = c.urls[2]
         key = keys_with_order(c.urls, [owner], 1, "ka")[0]
         entries = {"keepalive 1.5": c.urls[0], "keepalive 10": c.urls[1]}
-        before = {name: metrics(url) for name, url in entries.items()}
+        before = {name: node_metrics(url) for name, url in entries.items()}
         outcomes: list[tuple[float, str, int | None, str | None]] = []
 
         def get(name: str, gap: float, i: int) -> None:
@@ -424,7 +415,7 @@ def keepalive_scenario(tmp: Path, stack: str, gaps: list[float], figures: Any) -
             for name in entries:
                 get(name, gap, i)
                 i += 1
-        after = {name: metrics(url) for name, url in entries.items()}
+        after = {name: node_metrics(url) for name, url in entries.items()}
     retried = sum(counter_delta(after[n], before[n], "retries") for n in entries)
     errors = [o for o in outcomes if o[2] != 200]
     figures.record(
@@ -451,7 +442,7 @@ def test_request_meeting_a_stale_pooled_connection_is_retried_on_a_fresh_one(
     n1, n2 = faulty.urls
     key = keys_with_order(faulty.members, [fault, n2], 1, "stale")[0]
     total = 6
-    before = metrics(n1)
+    before = node_metrics(n1)
     answers: list[tuple[int, str | None]] = []
     with faulty.fault("stale", "stale") as peer, httpx.Client(trust_env=False, timeout=CLIENT_TIMEOUT) as client:
         for i in range(total):
@@ -459,7 +450,7 @@ def test_request_meeting_a_stale_pooled_connection_is_retried_on_a_fresh_one(
             answers.append((r.status_code, r.headers.get("x-affinity-served-by")))
             time.sleep(0.1)  # well inside the forwarder's pool expiry: the next request reuses the connection
         counts = peer.counts()
-    after = metrics(n1)
+    after = node_metrics(n1)
     stale_met = counts["total"] - total
     retried = counter_delta(after, before, "retries")
     errors = counter_delta(after, before, "forward_errors")
@@ -524,7 +515,7 @@ def test_posts_under_sigkill_fail_only_in_flight_and_never_duplicate(tmp_path: P
         keys = [f"pk{i}" for i in range(60)]
         owner = {k: ring.owner_of(k).id for k in keys}  # type: ignore[union-attr]
         assert any(o == victim.url for o in owner.values())
-        before = {u: metrics(u) for u in entries}
+        before = {u: node_metrics(u) for u in entries}
         calls: list[Call] = []
         lock = threading.Lock()
         stop = threading.Event()
@@ -574,7 +565,7 @@ def test_posts_under_sigkill_fail_only_in_flight_and_never_duplicate(tmp_path: P
             for t in pool:
                 t.join(timeout=CLIENT_TIMEOUT + 5)
         assert not any(t.is_alive() for t in pool)
-        after = {u: metrics(u) for u in entries}
+        after = {u: node_metrics(u) for u in entries}
     runs = Counter(ident for _node, method, ident in executions(exec_log) if method == "POST")
     ran_on = {ident: node for node, method, ident in executions(exec_log) if method == "POST"}
 
