@@ -91,6 +91,22 @@ class ServerNode:
         # Workers that outlived their master (after SIGKILL) are stopped too.
         self._signal_group(signal.SIGKILL)
         self.proc = None
+        self._wait_port_closed()
+
+    def _wait_port_closed(self, timeout: float = 10.0) -> None:
+        """Return once the node's port refuses connections. The master is reaped above, but a gunicorn worker
+        killed with it can still hold the listening socket for a moment: a connection accepted into its backlog
+        then is reset after the request was sent, which a test that means "the node is dead" (connect refused,
+        safe to fail over for any method) must not see."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    pass
+            except OSError:
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"node {self.url} still accepts connections {timeout}s after it was stopped")
 
     def _signal_group(self, sig: int) -> None:
         assert self.proc is not None
