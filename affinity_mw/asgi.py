@@ -31,7 +31,7 @@ from .forward import (
     body_framing,
     restore_forwarded,
 )
-from .hop import HOP_HEADER
+from .hop import HOP_HEADER, INTERNAL_PREFIX
 from .request import RequestView
 from .router import FORWARD, LOCAL, Decision
 from .transports import HttpxTransport, async_transport
@@ -43,6 +43,12 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Every spelling of "x-affinity-" a request header name can have: ASGI names are lower-case, and "x_affinity_..."
+# is how a client might try to slip one past a server that folds "_" into "-" (WSGI does).
+_INTERNAL_SPELLINGS = frozenset(
+    INTERNAL_PREFIX[:1] + a + INTERNAL_PREFIX[2:10] + b for a in (b"-", b"_") for b in (b"-", b"_")
+)
 
 logger = logging.getLogger("affinity_mw")
 
@@ -96,14 +102,18 @@ class AffinityMiddleware:
         hop_token: bytes | None = None
         internal = False
         header_bytes = 0
+        router = self.router
+        key_header = router.header_key
+        key_value: bytes | None = None
         for name, value in scope["headers"]:
             header_bytes += len(name) + len(value)
-            # ASGI header names are lower-case; "x_affinity..." is how a client might try to slip one past us.
-            if name[:1] == b"x" and name[1:11].replace(b"_", b"-") == b"-affinity-":
+            if name == key_header and key_value is None:
+                key_value = value
+            if name[:11] in _INTERNAL_SPELLINGS:
                 internal = True
                 if name == HOP_HEADER and hop_token is None:
                     hop_token = value
-        marker = self.router.check_marker(hop_token) if hop_token is not None else None
+        marker = router.check_marker(hop_token) if hop_token is not None else None
         if internal:
             # Strip our headers, and on a hop show the request as the first node saw it: the key is then
             # extracted from the same request on both nodes (an `ip` key included).
@@ -114,21 +124,26 @@ class AffinityMiddleware:
                     scope["client"] = (marker.client_host, marker.client_port)
                 scope["scheme"] = marker.scheme
             header_bytes = sum(len(name) + len(value) for name, value in scope["headers"])
-        length = _header(scope["headers"], b"content-length") if core.max_body else None
-        refusal = core.refusal(header_bytes, length)
-        if refusal is not None:  # 431/413 before routing: the same answer whichever node owns the key
-            await _plain(send, *refusal)
-            return
-        client = scope.get("client")
-        view = RequestView(
-            scope["method"],
-            scope["path"],
-            scope["query_string"],
-            scope["headers"],
-            client[0] if client else None,
-            scope["scheme"],
-        )
-        decision = self.router.decide(view, marker)
+        if header_bytes > core.max_header_bytes or core.max_body:
+            length = _header(scope["headers"], b"content-length") if core.max_body else None
+            refusal = core.refusal(header_bytes, length)
+            if refusal is not None:  # 431/413 before routing: the same answer whichever node owns the key
+                await _plain(send, *refusal)
+                return
+        if key_header is not None and not internal:
+            # The common case: the key header was picked up in the scan above.
+            decision = router.decide_by_header(key_value, scope["method"], scope["path"])
+        else:
+            client = scope.get("client")
+            view = RequestView(
+                scope["method"],
+                scope["path"],
+                scope["query_string"],
+                scope["headers"],
+                client[0] if client else None,
+                scope["scheme"],
+            )
+            decision = router.decide(view, marker)
         if decision.action == LOCAL:
             await self._serve_local(scope, receive, send, decision)
         elif decision.action == FORWARD:
@@ -152,7 +167,9 @@ class AffinityMiddleware:
         await _plain(send, status, body, content_type.encode("latin-1"))
         return True
 
-    async def _serve_local(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
+    def _serve_local(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> Awaitable[None]:
+        """The app's own coroutine for a request served here (the caller awaits it): no coroutine of ours in
+        between unless a response header or a body limit needs one."""
         state = scope.get("state")
         if state is None:
             scope["state"] = state = {}
@@ -165,11 +182,13 @@ class AffinityMiddleware:
                 extra.append(DRAINING)
             send = _with_headers(send, extra)
         if not (core.max_body and _unframed(scope)):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._serve_limited(scope, receive, send)
+
+    async def _serve_limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A chunked body can grow past max_body while the app reads it: the app's receive then reports a
         # disconnect and the client gets 413 (if the app has not started its response; otherwise it is aborted).
-        limited = _LimitedBody(receive, send, BodyLimit(core.max_body))
+        limited = _LimitedBody(receive, send, BodyLimit(self.core.max_body))
         try:
             await self.app(scope, limited.receive, limited.send)
         except Exception:

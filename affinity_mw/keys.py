@@ -167,6 +167,15 @@ class _Header(_Extractor):
         return None if value is None else value.decode("latin-1").strip() or None
 
 
+def plain_header_name(extractor: object) -> bytes | None:
+    """The header a plain :func:`header` extractor reads (lower-case bytes), else ``None``.
+
+    Adapters scan every request's headers anyway (for the hop marker and spoofed internal headers); with a plain
+    header key they pick the key up in that same pass instead of building a request view to search again.
+    """
+    return extractor._wanted if type(extractor) is _Header else None
+
+
 def header(name: str) -> Extractor:
     """The first value of the request header *name*, stripped of surrounding whitespace.
 

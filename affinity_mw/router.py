@@ -13,7 +13,7 @@ from typing import Any
 
 from .health import PeerHealth
 from .hop import HopMarker, HopSigner
-from .keys import Extractor
+from .keys import Extractor, plain_header_name
 from .request import RequestView
 from .ring import Node, Ring, hash_key
 
@@ -22,6 +22,7 @@ __all__ = ["Decision", "Router"]
 logger = logging.getLogger("affinity_mw")
 
 _HASH_CACHE_SIZE = 65536
+_LOCAL_CACHE_SIZE = 16384
 
 LOCAL = "local"
 FORWARD = "forward"
@@ -138,6 +139,24 @@ class Router:
         self.counters: Counter[str] = Counter()
         self._ring_seen: Ring | None = None
         self._hashes: dict[str, int] = {}
+        # The decision cache: key -> the shared Decision for keys this node owns (and, for a plain header key,
+        # the header's raw value -> the same), valid for one ring and one self id.
+        self._local: dict[str, Decision] = {}
+        self._local_by_value: dict[bytes | str, Decision] = {}
+        self._local_ring: Ring | None = None
+        self._local_self: str | None = None
+        self.header_key = plain_header_name(extractor)
+
+    def key_from_header(self, value: bytes | str | None) -> str | None:
+        """What :meth:`extract` returns for a plain ``header()`` extractor (:attr:`header_key`), given the
+        header's first value from the adapter's own scan of the headers (bytes; WSGI's environ holds a
+        latin-1 ``str``): no request view, no second scan."""
+        if value is None:
+            return None
+        key = (value.decode("latin-1") if isinstance(value, bytes) else value).strip()
+        if not key or len(key) > self.max_key_length:
+            return None
+        return key
 
     def extract(self, view: RequestView) -> str | None:
         """The request's key, or ``None``. A failing custom extractor must not turn into a 500 for the client."""
@@ -167,46 +186,93 @@ class Router:
         here": a peer already routed this request, and serving it where it lands is what makes a loop impossible
         whatever the two nodes think of membership, configuration or the key. ``view`` must then be the request
         as the first node saw it (adapters restore it from the marker first)."""
-        decision = self._decide(view, marker)
-        if logger.isEnabledFor(logging.DEBUG):
-            # The key is logged as its hash only: keys are tenant ids, session ids or token claims.
-            logger.debug(
-                "affinity-mw: %s %s key=%s action=%s reason=%s owner=%s",
-                view.method,
-                view.path,
-                f"{decision.key_hash:016x}" if decision.key_hash is not None else "-",
-                decision.action,
-                decision.reason,
-                decision.owner.id if decision.owner else "-",
-            )
-        return decision
-
-    def _decide(self, view: RequestView, marker: HopMarker | None) -> Decision:
-        ring: Ring = self.membership.ring
-        counters = self.counters
         key = self.extract(view)
         if marker is not None:
-            return self._hop(ring, key, marker, self.membership.self_id)
+            decision = self._hop(self.membership.ring, key, marker, self.membership.self_id)
+        else:
+            decision = self.route(key)
+        if logger.isEnabledFor(logging.DEBUG):
+            self._log(view.method, view.path, decision)
+        return decision
+
+    def decide_by_header(self, value: bytes | str | None, method: str, path: str) -> Decision:
+        """:meth:`decide` for a request without a hop marker when the key is a plain header (:attr:`header_key`)
+        and ``value`` is its first value: the same decision, for the adapters' common case, without a view."""
+        membership = self.membership
+        if membership.ring is self._local_ring and membership.self_id == self._local_self:
+            decision = self._local_by_value.get(value)  # type: ignore[arg-type]
+            if decision is not None:
+                self.counters["local_owner"] += 1
+                if logger.isEnabledFor(logging.DEBUG):
+                    self._log(method, path, decision)
+                return decision
+        by_value = self._local_by_value
+        decision = self.route(self.key_from_header(value))
+        # Only a shared local decision of the cache generation ``by_value`` belongs to is remembered by value (a
+        # ring swap in another thread meanwhile replaces both dicts, so nothing stale can be added to the new).
+        if value is not None and by_value is self._local_by_value and self._local.get(decision.key or "") is decision:
+            if len(by_value) >= _LOCAL_CACHE_SIZE:
+                by_value.clear()
+            by_value[value] = decision
+        if logger.isEnabledFor(logging.DEBUG):
+            self._log(method, path, decision)
+        return decision
+
+    def _log(self, method: str, path: str, decision: Decision) -> None:
+        # The key is logged as its hash only: keys are tenant ids, session ids or token claims.
+        logger.debug(
+            "affinity-mw: %s %s key=%s action=%s reason=%s owner=%s",
+            method,
+            path,
+            f"{decision.key_hash:016x}" if decision.key_hash is not None else "-",
+            decision.action,
+            decision.reason,
+            decision.owner.id if decision.owner else "-",
+        )
+
+    def route(self, key: str | None) -> Decision:
+        """Where a request with ``key`` (already extracted and validated) goes when no peer has routed it yet.
+
+        Keys this node owns are answered from a bounded cache of shared, read-only decisions: that is the local
+        path, which must cost next to nothing. The cache belongs to one ring and one self id and is dropped
+        when either changes; forwards are decided afresh each time (they depend on peer health, and the
+        forwarder records its attempts on the decision).
+        """
+        membership = self.membership
+        ring: Ring = membership.ring
+        self_id = membership.self_id
+        counters = self.counters
         if key is None:
             counters["no_key"] += 1
             if self.reject_without_key:
                 counters["rejected"] += 1
                 return Decision(REJECT, "no-key", ring)
             return Decision(LOCAL, "no-key", ring)
+        if ring is not self._local_ring or self_id != self._local_self:
+            # A new cache generation: new dicts, so a thread still deciding on the old ring fills the old ones.
+            self._local, self._local_by_value = {}, {}
+            self._local_ring, self._local_self = ring, self_id
+        local = self._local
+        decision = local.get(key)
+        if decision is not None:
+            counters["local_owner"] += 1
+            return decision
         key_hash = self._hashes.get(key)
         if key_hash is None:
-            # A bounded memo of key -> hash: hot keys repeat, and blake2b is most of the local path's cost.
+            # A bounded memo of key -> hash: hot keys repeat, and blake2b is most of a lookup's cost.
             if len(self._hashes) >= _HASH_CACHE_SIZE:
                 self._hashes.clear()
             key_hash = self._hashes[key] = hash_key(key)
-        self_id = self.membership.self_id
         owner = ring.owner(key_hash)
-        if owner is None or (len(ring) == 1 and owner.id == self_id):
+        if owner is None or owner.id == self_id:
             counters["local_owner"] += 1
-            return Decision(LOCAL, "single-node", ring, key, key_hash, owner)
-        if owner.id == self_id:
-            counters["local_owner"] += 1
-            return Decision(LOCAL, "owner", ring, key, key_hash, owner)
+            reason = "owner" if owner is not None and len(ring) > 1 else "single-node"
+            decision = Decision(LOCAL, reason, ring, key, key_hash, owner)
+            decision.served_by = self_id
+            if len(local) >= _LOCAL_CACHE_SIZE:
+                local.clear()
+            local[key] = decision
+            return decision
         health = self.health
         if ring is not self._ring_seen:
             # Membership changed: forget the health of peers that left (cheap identity check per forward).

@@ -82,6 +82,8 @@ class AffinityWSGIMiddleware:
             transport = HttpxSyncTransport(transport, **core.transport_options())
         self.transport: SyncTransport = transport
         self.slots = _PeerSlots(core.settings.pool_size, core.settings.pool_timeout)
+        # Where WSGI keeps a plain header key ("HTTP_X_TENANT"), so the common case reads it with one lookup.
+        self._key_env = _environ_key(self.router.header_key) if self.router.header_key is not None else None
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         prefixes = self.core.internal_prefixes
@@ -97,20 +99,43 @@ class AffinityWSGIMiddleware:
                 return _plain(start_response, *answer)
         hop = environ.get(_HOP_ENV)
         marker = self.router.check_marker(hop.encode("latin-1")) if hop is not None else None
-        if marker is not None or any(key.startswith(_INTERNAL_ENV) for key in environ):
+        # One pass over the environ for both the header block's size and any of our headers a client sent.
+        header_bytes = 0
+        internal = False
+        for key, value in environ.items():
+            if key[:5] == "HTTP_":
+                header_bytes += len(key) - 5 + len(value)
+                if key[:16] == _INTERNAL_ENV:
+                    internal = True
+        if marker is not None or internal:
             # Strip our headers, and on a hop show the request as the first node saw it: the key is then
             # extracted from the same request on both nodes (an `ip` key included).
             environ = _restore(environ, marker)
+            header_bytes = environ_header_bytes(environ)
+        else:
+            header_bytes += _content_header_bytes(environ)
         core = self.core
-        refusal = core.refusal(environ_header_bytes(environ), environ.get("CONTENT_LENGTH") if core.max_body else None)
-        if refusal is not None:  # 431/413 before routing: the same answer whichever node owns the key
-            return _plain(start_response, *refusal)
-        view = _EnvironView(environ)
-        decision = self.router.decide(view, marker)
-        if decision.action == LOCAL:
-            return self._serve_local(environ, start_response, decision)
+        if header_bytes > core.max_header_bytes or core.max_body:
+            refusal = core.refusal(header_bytes, environ.get("CONTENT_LENGTH") if core.max_body else None)
+            if refusal is not None:  # 431/413 before routing: the same answer whichever node owns the key
+                return _plain(start_response, *refusal)
+        key_env = self._key_env
+        if key_env is not None and marker is None:
+            # The common case: a plain header key, read where WSGI keeps it.
+            decision = self.router.decide_by_header(
+                environ.get(key_env), environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "")
+            )
+            if decision.action == LOCAL:
+                return self._serve_local(environ, start_response, decision)
+            headers = environ_headers(environ)
+        else:
+            view = _EnvironView(environ)
+            decision = self.router.decide(view, marker)
+            if decision.action == LOCAL:
+                return self._serve_local(environ, start_response, decision)
+            headers = view.headers
         if decision.action == FORWARD:
-            return self._forward(environ, start_response, decision, view.headers)
+            return self._forward(environ, start_response, decision, headers)
         return _plain(start_response, *NO_KEY_REJECTED)
 
     def _serve_local(self, environ: Environ, start_response: StartResponse, decision: Decision) -> Iterable[bytes]:
@@ -285,14 +310,19 @@ class _EnvironView(RequestView):
         return self._headers  # type: ignore[return-value]
 
     def first(self, name: bytes) -> bytes | None:
-        key = _ENVIRON_KEYS.get(name)
-        if key is None:
-            key = _ENVIRON_KEYS[name] = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-        value = self._environ.get(key)
+        value = self._environ.get(_environ_key(name))
         return None if value is None else value.encode("latin-1")
 
 
 _ENVIRON_KEYS: dict[bytes, str] = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
+
+
+def _environ_key(name: bytes) -> str:
+    """The environ key of a request header (lower-case bytes): ``x-tenant`` is ``HTTP_X_TENANT``."""
+    key = _ENVIRON_KEYS.get(name)
+    if key is None:
+        key = _ENVIRON_KEYS[name] = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+    return key
 
 
 class _RequestBody:
@@ -408,6 +438,12 @@ def environ_header_bytes(environ: Environ) -> int:
     for key, value in environ.items():
         if key.startswith("HTTP_"):
             size += len(key) - 5 + len(value)
+    return size + _content_header_bytes(environ)
+
+
+def _content_header_bytes(environ: Environ) -> int:
+    """``Content-Type`` and ``Content-Length``, which WSGI keeps without the ``HTTP_`` prefix."""
+    size = 0
     if "CONTENT_TYPE" in environ:
         size += 12 + len(environ["CONTENT_TYPE"])
     if "CONTENT_LENGTH" in environ:

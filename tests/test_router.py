@@ -104,3 +104,85 @@ def test_debug_log_names_the_key_by_hash_only(caplog: pytest.LogCaptureFixture) 
         router().decide(view(secret_tenant))
     assert f"key={hash_key(secret_tenant):016x}" in caplog.text
     assert secret_tenant not in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ the decision cache
+
+
+class _Swappable:
+    """A membership whose ring and self id a test can change, as DNS membership does on a refresh."""
+
+    def __init__(self, urls: list[str], self_url: str) -> None:
+        self.set(urls, self_url)
+
+    def set(self, urls: list[str], self_url: str) -> None:
+        m = StaticMembership(urls, self_url)
+        self.ring, self.self_id = m.ring, m.self_id
+
+
+def test_local_decisions_are_shared_and_counted_forwards_are_fresh() -> None:
+    r = router()
+    mine, theirs = tenants_owned_by(URLS[0], 1)[0], tenants_owned_by(URLS[1], 1)[0]
+    first = r.decide(view(mine))
+    assert r.decide(view(mine)) is first
+    assert r.decide_by_header(mine.encode(), "GET", "/") is first
+    assert r.decide_by_header(mine.encode(), "GET", "/") is first  # the by-value cache
+    assert r.counters["local_owner"] == 4
+    a, b = r.decide(view(theirs)), r.decide_by_header(theirs.encode(), "GET", "/")
+    assert a is not b and a.action == b.action == "forward"  # the forwarder records attempts on each
+    assert r.counters["forwarded"] == 2
+
+
+def test_decision_cache_follows_a_ring_swap_and_a_new_self() -> None:
+    membership = _Swappable(URLS, URLS[0])
+    r = Router(membership=membership, extractor=keys.header("X-Tenant"), signer=SIGNER)
+    mine = tenants_owned_by(URLS[0], 20)
+    for tenant in mine:
+        r.decide_by_header(tenant.encode(), "GET", "/")
+        assert r.decide_by_header(tenant.encode(), "GET", "/").action == "local"
+    # Node 0 leaves the ring it serves from: every one of its keys must now be forwarded to its successor.
+    membership.set(URLS[1:], URLS[1])
+    for tenant in mine:
+        d = r.decide_by_header(tenant.encode(), "GET", "/")
+        owner = membership.ring.owner_of(tenant)
+        assert d.ring is membership.ring and d.owner is owner
+        assert d.action == ("local" if owner.id == URLS[1] else "forward")  # type: ignore[union-attr]
+    # Same ring object, other self id: the cached answers of the old self must not be reused.
+    membership.self_id = URLS[2]
+    for tenant in mine:
+        d = r.decide_by_header(tenant.encode(), "GET", "/")
+        assert d.action == ("local" if d.owner.id == URLS[2] else "forward")  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [None, b"", b"   ", b" t1 ", b"t1", b"\tt1", b"caf\xe9", b"x" * 1024, b"x" * 1025, "t1", " t1 ", "caf\xe9", ""],
+)
+def test_decide_by_header_is_decide_with_a_header_view(raw: bytes | str | None) -> None:
+    """The adapters' fast path must decide exactly what the general path decides for the same header."""
+    for self_url in URLS:
+        fast, general = router(self_url), router(self_url)
+        for _ in range(2):  # the second time from the caches
+            as_bytes = raw.encode("latin-1") if isinstance(raw, str) else raw
+            headers = [(b"x-tenant", as_bytes)] if as_bytes is not None else []
+            want = general.decide(RequestView("GET", "/", b"", headers, "127.0.0.9"))
+            got = fast.decide_by_header(raw, "GET", "/")
+            assert (got.action, got.reason, got.key, got.key_hash, got.owner, got.candidates) == (
+                want.action,
+                want.reason,
+                want.key,
+                want.key_hash,
+                want.owner,
+                want.candidates,
+            )
+        assert fast.counters == general.counters
+
+
+def test_decision_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from affinity_mw import router as router_module
+
+    monkeypatch.setattr(router_module, "_LOCAL_CACHE_SIZE", 8)
+    r = router()
+    for tenant in tenants_owned_by(URLS[0], 40):
+        r.decide_by_header(tenant.encode(), "GET", "/")
+        assert len(r._local) <= 8 and len(r._local_by_value) <= 8
