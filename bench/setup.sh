@@ -3,6 +3,7 @@
 #   bash bench/setup.sh            # wrk + uvicorn/starlette/httpx (and gunicorn/flask for --wsgi) in .venv
 #   bash bench/setup.sh --uvloop   # also uvloop and httptools, for `http_bench.py --uvloop`
 #   bash bench/setup.sh --extra    # also httpx-aiohttp and pyreqwest, for `http_bench.py --extra-transports`
+#   bash bench/setup.sh --valgrind # also valgrind (Debian), for `instructions_bench.py`
 # Runs as root on a clean Debian machine that has only Python, pip, gcc and make; re-running changes nothing.
 set -euo pipefail
 
@@ -17,6 +18,14 @@ if ! command -v wrk >/dev/null 2>&1 || { ! command -v nginx >/dev/null 2>&1 && [
     apt-get install -y -qq --no-install-recommends wrk nginx-light || apt-get install -y -qq --no-install-recommends wrk nginx
 fi
 wrk --version 2>&1 | head -n 1 || true
+for arg in "$@"; do
+    if [ "$arg" = "--valgrind" ] && ! command -v callgrind_control >/dev/null 2>&1; then
+        echo "setup: installing valgrind from Debian"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends valgrind
+    fi
+done
 
 if [ ! -x "$PY" ]; then
     echo "setup: creating the virtualenv at $ROOT/.venv"
@@ -34,7 +43,8 @@ for arg in "$@"; do
     case "$arg" in
         --uvloop) need+=(uvloop httptools) ;;
         --extra) extra+=(httpx_aiohttp:httpx-aiohttp pyreqwest:pyreqwest) ;;
-        *) echo "setup: unknown option $arg (use --uvloop and/or --extra)" >&2; exit 2 ;;
+        --valgrind) ;;
+        *) echo "setup: unknown option $arg (use --uvloop, --extra and/or --valgrind)" >&2; exit 2 ;;
     esac
 done
 missing=()
