@@ -33,7 +33,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from http_bench import HOST_A, HOST_B, SECRET, Server, free_port, group_pids, tenant_owned_by  # noqa: E402
+from http_bench import HOST_A, HOST_B, SECRET, Server, free_port, group_pids, tenant_owned_by
 
 VALGRIND = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--dump-line=no", "--compress-strings=no", "--vgdb=no"]
 SCENARIOS = ("asgi-bare", "asgi-local", "asgi-forwarded", "wsgi-bare", "wsgi-local")
@@ -218,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write the raw runs and the summary as JSON to PATH")
     parser.add_argument("--seeds", type=int, default=3, help="hash seeds per scenario (3)")
     parser.add_argument("--requests", type=int, default=1000, help="measured requests per run (1000)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated, from " + ", ".join(SCENARIOS))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ", ".join(SCENARIOS))
     args = parser.parse_args(argv)
     args.requests -= args.requests % CONNECTIONS
     if shutil.which("valgrind") is None:
@@ -260,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if errors:
         raise errors[0]
     summary = summarize(runs)
-    print("\n| scenario | instructions per request (median over seeds) | x bare (median of per-seed ratios) | per seed |")
+    print("\n| scenario | instructions per request (median of seeds) | x bare (median of seeds) | per seed |")
     print("|---|---:|---:|---|")
     for name, s in summary.items():
         ratio = "-" if name.endswith("-bare") else f"{s['ratio_to_bare']:.3f}"
