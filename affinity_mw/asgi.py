@@ -31,7 +31,7 @@ from .forward import (
     body_framing,
     restore_forwarded,
 )
-from .hop import HOP_HEADER, INTERNAL_PREFIX
+from .hop import HOP_HEADER, INTERNAL_SPELLINGS
 from .request import RequestView
 from .router import FORWARD, LOCAL, Decision
 from .transports import HttpxTransport, async_transport
@@ -43,12 +43,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-# Every spelling of "x-affinity-" a request header name can have: ASGI names are lower-case, and "x_affinity_..."
-# is how a client might try to slip one past a server that folds "_" into "-" (WSGI does).
-_INTERNAL_SPELLINGS = frozenset(
-    INTERNAL_PREFIX[:1] + a + INTERNAL_PREFIX[2:10] + b for a in (b"-", b"_") for b in (b"-", b"_")
-)
 
 logger = logging.getLogger("affinity_mw")
 
@@ -109,7 +103,7 @@ class AffinityMiddleware:
             header_bytes += len(name) + len(value)
             if name == key_header and key_value is None:
                 key_value = value
-            if name[:11] in _INTERNAL_SPELLINGS:
+            if name[:11] in INTERNAL_SPELLINGS:  # ASGI header names are lower-case
                 internal = True
                 if name == HOP_HEADER and hop_token is None:
                     hop_token = value

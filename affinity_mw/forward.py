@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from .hop import HOP_HEADER, INTERNAL_PREFIX
+from .hop import HOP_HEADER, INTERNAL_SPELLINGS
 from .ring import Node
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
 
 def is_internal(name: bytes) -> bool:
     """True for our internal header names, including spellings that WSGI or lax servers fold onto them."""
-    return name[:11].replace(b"_", b"-").lower() == INTERNAL_PREFIX
+    return name[:11].lower() in INTERNAL_SPELLINGS
 
 
 def request_headers(
@@ -176,7 +176,7 @@ def request_headers(
     has_proto = has_xhost = False
     for name, value in headers:
         lname = name.lower()
-        if lname in drop or is_internal(lname):
+        if lname in drop or lname[:11] in INTERNAL_SPELLINGS:
             continue
         if lname == b"x-forwarded-for":
             xff = value if xff is None else xff + b", " + value
@@ -208,7 +208,7 @@ def restore_forwarded(headers: Sequence[tuple[bytes, bytes]], added: str) -> Hea
     """Undo what :func:`request_headers` added, and drop internal headers, for the owner's app."""
     out: Headers = []
     for name, value in headers:
-        if is_internal(name):
+        if name[:11].lower() in INTERNAL_SPELLINGS:
             continue
         if name == b"x-forwarded-proto" and "p" in added:
             continue

@@ -259,10 +259,7 @@ class Router:
             return decision
         key_hash = self._hashes.get(key)
         if key_hash is None:
-            # A bounded memo of key -> hash: hot keys repeat, and blake2b is most of a lookup's cost.
-            if len(self._hashes) >= _HASH_CACHE_SIZE:
-                self._hashes.clear()
-            key_hash = self._hashes[key] = hash_key(key)
+            key_hash = self._hash(key)
         owner = ring.owner(key_hash)
         if owner is None or owner.id == self_id:
             counters["local_owner"] += 1
@@ -298,11 +295,20 @@ class Router:
         counters["forwarded"] += 1
         return decision
 
+    def _hash(self, key: str) -> int:
+        """``hash_key(key)`` through a bounded memo: hot keys repeat, and blake2b is most of a lookup's cost."""
+        key_hash = self._hashes.get(key)
+        if key_hash is None:
+            if len(self._hashes) >= _HASH_CACHE_SIZE:
+                self._hashes.clear()
+            key_hash = self._hashes[key] = hash_key(key)
+        return key_hash
+
     def _hop(self, ring: Ring, key: str | None, marker: HopMarker, self_id: str | None) -> Decision:
         """A peer routed this here: serve it whatever our ring says, and record any disagreement."""
         counters = self.counters
         counters["hop"] += 1
-        key_hash = hash_key(key) if key is not None else None
+        key_hash = self._hash(key) if key is not None else None
         owner = ring.owner(key_hash) if key_hash is not None else None
         decision = Decision(LOCAL, "hop", ring, key, key_hash, owner, marker=marker)
         if key_hash != marker.key_hash:

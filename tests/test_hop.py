@@ -91,3 +91,26 @@ def test_construction_errors() -> None:
         HopSigner([])
     with pytest.raises(ValueError, match="max_age"):
         HopSigner(SECRET, max_age=0)
+
+
+def test_tokens_are_itsdangerous_signer_tokens_byte_for_byte() -> None:
+    """The marker is signed without itsdangerous's per-call layers, but must stay an itsdangerous token: nodes
+    of different versions in one cluster during an upgrade must accept each other's markers."""
+    import hashlib
+
+    from itsdangerous import Signer
+
+    keys = ["old-secret-0123456789abcdef", "new-secret-0123456789abcdef"]
+    ours = HopSigner(keys)
+    theirs = Signer(keys, salt="affinity-mw.hop.v2", digest_method=hashlib.sha256)
+    token = ours.sign(sender="http://a:1", key_hash=7, ring_checksum="ring:abc", client=("10.0.0.1|%", 5), added="fp")
+    value = theirs.unsign(token)  # raises if the signature is not itsdangerous's
+    assert theirs.sign(value) == token
+    # ...and a token itsdangerous signs with either key of the rotation list verifies here.
+    for key in keys:
+        old = Signer(key, salt="affinity-mw.hop.v2", digest_method=hashlib.sha256).sign(value)
+        marker = ours.verify(old)
+        assert marker is not None and marker.client_host == "10.0.0.1|%" and marker.added == "fp"
+    assert HopSigner(keys[0]).verify(token) is None  # signed with the new key: unknown to a node with the old only
+    for bad in (token[:-1], token + b"A", token.replace(b".", b"!"), b"", b".", b"\xff." + token, token.decode()[:-2]):
+        assert ours.verify(bad) is None
