@@ -30,9 +30,11 @@ import contextlib
 import http.client
 import json
 import os
+import platform
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -44,7 +46,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from http_bench import HOST_A, HOST_B, SECRET, Server, free_port, group_pids, tenant_owned_by
+from http_bench import HOST_A, HOST_B, ROOT, SECRET, Server, code_version, free_port, group_pids, tenant_owned_by
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from docblock import replace_block
+
+START, END = "<!-- instructions-results:start -->", "<!-- instructions-results:end -->"
 
 VALGRIND = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--dump-line=no", "--compress-strings=no", "--vgdb=no"]
 SCENARIOS = ("asgi-bare", "asgi-local", "asgi-forwarded", "wsgi-bare", "wsgi-local")
@@ -215,6 +222,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--json", metavar="PATH", help="write the raw runs and the summary as JSON to PATH")
+    parser.add_argument("--write", metavar="MD", help="replace the instructions-results block of this markdown file")
     parser.add_argument("--seeds", type=int, default=3, help="hash seeds per scenario (3)")
     parser.add_argument("--requests", type=int, default=1000, help="measured requests per run (1000)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ", ".join(SCENARIOS))
@@ -258,20 +266,58 @@ def main(argv: list[str] | None = None) -> int:
             t.join()
     if errors:
         raise errors[0]
-    summary = summarize(runs)
-    print("\n| scenario | instructions per request (median of seeds) | x bare (median of seeds) | per seed |")
-    print("|---|---:|---:|---|")
-    for name, s in summary.items():
-        ratio = "-" if name.endswith("-bare") else f"{s['ratio_to_bare']:.3f}"
-        per_seed = ", ".join(f"{r:.3f}" for r in s["ratios"]) if not name.endswith("-bare") else "-"
-        print(f"| {name} | {s['ir_per_request']:,} | {ratio} | {per_seed} |")
-    print(f"\n({args.requests:,} requests per run, {args.seeds} seeds, {time.monotonic() - started:.0f} s)")
+    commit, dirty = code_version()
+    valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    payload = {
+        "commit": commit,
+        "affinity_mw_uncommitted_changes": dirty,
+        "python": platform.python_version(),
+        "valgrind": valgrind,
+        "requests": args.requests,
+        "seeds": args.seeds,
+        "seconds": round(time.monotonic() - started),
+        "runs": sorted(runs, key=lambda r: (r["seed"], SCENARIOS.index(r["scenario"]))),
+        "summary": summarize(runs),
+    }
+    text = render(payload)
+    print(text)
     if args.json:
-        with contextlib.suppress(FileExistsError):
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        payload = {"requests": args.requests, "seeds": args.seeds, "runs": runs, "summary": summary}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    if args.write:
+        doc = Path(args.write)
+        doc.write_text(replace_block(doc.read_text(encoding="utf-8"), START, END, text), encoding="utf-8")
     return 0
+
+
+def render(payload: dict[str, Any]) -> str:
+    """The markdown block of docs/benchmarks.md: the summary, and A/B for the forward."""
+    commit = (payload.get("commit") or "?")[:7]
+    dirty = " (with uncommitted changes in affinity_mw/)" if payload.get("affinity_mw_uncommitted_changes") else ""
+    lines = [
+        f"Commit `{commit}`{dirty}, Python {payload['python']}, {payload['valgrind']}: {payload['requests']:,} "
+        f"measured requests per run, hash seeds 0-{payload['seeds'] - 1}, {payload['seconds']} s.",
+        "",
+        "| scenario | instructions per request | x bare | per seed | 1 / (x bare) |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for name, s in payload["summary"].items():
+        if name.endswith("-bare"):
+            lines.append(f"| {name} | {s['ir_per_request']:,} | 1 | - | - |")
+            continue
+        per_seed = ", ".join(f"{r:.3f}" for r in s["ratios"])
+        lines.append(
+            f"| {name} | {s['ir_per_request']:,} | **{s['ratio_to_bare']:.3f}** | {per_seed} | "
+            f"{s['implied_rps_ratio']:.3f} |"
+        )
+    forwards = [r for r in payload["runs"] if r["scenario"] == "asgi-forwarded"]
+    if forwards:
+        split = ", ".join(
+            " + ".join(f"{v:,}" for v in r["ir_per_request_by_server"].values()) + f" (seed {r['seed']})"
+            for r in forwards
+        )
+        lines += ["", f"asgi-forwarded by server, A + B: {split}."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
