@@ -169,7 +169,8 @@ class AffinityMiddleware:
             scope["state"] = state = {}
         state["affinity"] = decision
         core = self.core
-        decision.served_by = core.self_id
+        if decision.served_by != core.self_id:  # cached local decisions are shared: no write in steady state
+            decision.served_by = core.self_id
         if core.debug_headers or core.draining:
             extra = core.debug_headers_for(decision) if core.debug_headers else []
             if core.draining:

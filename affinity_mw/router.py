@@ -108,6 +108,19 @@ class Decision:
         return f"Decision(action={self.action!r}, reason={self.reason!r}, key={self.key!r}, owner={owner!r})"
 
 
+class _LocalCache:
+    """One generation of the decision cache: for one ring object and one self id, the shared decision of each
+    key this node owns, by key and (for a plain header key) by the header's raw value."""
+
+    __slots__ = ("by_key", "by_value", "ring", "self_id")
+
+    def __init__(self, ring: Ring | None, self_id: str | None) -> None:
+        self.ring = ring
+        self.self_id = self_id
+        self.by_key: dict[str, Decision] = {}
+        self.by_value: dict[bytes | str, Decision] = {}
+
+
 class Router:
     """Turns a request into a :class:`Decision`, given the current ring, this node's id, peer health and the hop
     signer.
@@ -139,12 +152,7 @@ class Router:
         self.counters: Counter[str] = Counter()
         self._ring_seen: Ring | None = None
         self._hashes: dict[str, int] = {}
-        # The decision cache: key -> the shared Decision for keys this node owns (and, for a plain header key,
-        # the header's raw value -> the same), valid for one ring and one self id.
-        self._local: dict[str, Decision] = {}
-        self._local_by_value: dict[bytes | str, Decision] = {}
-        self._local_ring: Ring | None = None
-        self._local_self: str | None = None
+        self._cache = _LocalCache(None, None)
         self.header_key = plain_header_name(extractor)
 
     def key_from_header(self, value: bytes | str | None) -> str | None:
@@ -153,7 +161,14 @@ class Router:
         latin-1 ``str``): no request view, no second scan."""
         if value is None:
             return None
-        key = (value.decode("latin-1") if isinstance(value, bytes) else value).strip()
+        if isinstance(value, str):
+            try:
+                value.encode("latin-1")  # what an environ can hold (PEP 3333); the general path refuses the rest
+            except UnicodeEncodeError:
+                return None
+            key = value.strip()
+        else:
+            key = value.decode("latin-1").strip()
         if not key or len(key) > self.max_key_length:
             return None
         return key
@@ -199,21 +214,30 @@ class Router:
         """:meth:`decide` for a request without a hop marker when the key is a plain header (:attr:`header_key`)
         and ``value`` is its first value: the same decision, for the adapters' common case, without a view."""
         membership = self.membership
-        if membership.ring is self._local_ring and membership.self_id == self._local_self:
-            decision = self._local_by_value.get(value)  # type: ignore[arg-type]
+        cache = self._cache
+        if membership.ring is cache.ring and membership.self_id == cache.self_id:
+            try:
+                decision = cache.by_value.get(value)  # type: ignore[arg-type]
+            except TypeError:  # not bytes: an ASGI server off the spec; the general path below copes
+                decision = None
             if decision is not None:
                 self.counters["local_owner"] += 1
                 if logger.isEnabledFor(logging.DEBUG):
                     self._log(method, path, decision)
                 return decision
-        by_value = self._local_by_value
         decision = self.route(self.key_from_header(value))
-        # Only a shared local decision of the cache generation ``by_value`` belongs to is remembered by value (a
-        # ring swap in another thread meanwhile replaces both dicts, so nothing stale can be added to the new).
-        if value is not None and by_value is self._local_by_value and self._local.get(decision.key or "") is decision:
-            if len(by_value) >= _LOCAL_CACHE_SIZE:
-                by_value.clear()
-            by_value[value] = decision
+        # Remember it by value too when it is the shared decision of the current generation, and only for a value
+        # that is exactly the key: padding a key with whitespace must not be a way to fill memory.
+        cache = self._cache
+        if (
+            decision.key is not None
+            and type(value) in (bytes, str)
+            and len(value) == len(decision.key)  # type: ignore[arg-type]
+            and cache.by_key.get(decision.key) is decision
+        ):
+            if len(cache.by_value) >= _LOCAL_CACHE_SIZE:
+                cache.by_value.clear()
+            cache.by_value[value] = decision  # type: ignore[index]
         if logger.isEnabledFor(logging.DEBUG):
             self._log(method, path, decision)
         return decision
@@ -248,11 +272,12 @@ class Router:
                 counters["rejected"] += 1
                 return Decision(REJECT, "no-key", ring)
             return Decision(LOCAL, "no-key", ring)
-        if ring is not self._local_ring or self_id != self._local_self:
-            # A new cache generation: new dicts, so a thread still deciding on the old ring fills the old ones.
-            self._local, self._local_by_value = {}, {}
-            self._local_ring, self._local_self = ring, self_id
-        local = self._local
+        cache = self._cache
+        if ring is not cache.ring or self_id != cache.self_id:
+            # A new generation, swapped in by one assignment: a thread still deciding on the old ring holds the
+            # old generation and can only fill that one.
+            self._cache = cache = _LocalCache(ring, self_id)
+        local = cache.by_key
         decision = local.get(key)
         if decision is not None:
             counters["local_owner"] += 1

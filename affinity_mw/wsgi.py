@@ -143,7 +143,8 @@ class AffinityWSGIMiddleware:
     def _serve_local(self, environ: Environ, start_response: StartResponse, decision: Decision) -> Iterable[bytes]:
         environ[DECISION_KEY] = decision
         core = self.core
-        decision.served_by = core.self_id
+        if decision.served_by != core.self_id:  # cached local decisions are shared: no write in steady state
+            decision.served_by = core.self_id
         app = self.app
         if core.max_body and "HTTP_TRANSFER_ENCODING" in environ:
             app = functools.partial(_limited_app, app, core.max_body)

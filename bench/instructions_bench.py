@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             t.join()
     if errors:
         raise errors[0]
+    runs.sort(key=lambda r: (r["seed"], SCENARIOS.index(r["scenario"])))
     commit, dirty = code_version()
     valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True, check=False).stdout.strip()
     payload = {
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "requests": args.requests,
         "seeds": args.seeds,
         "seconds": round(time.monotonic() - started),
-        "runs": sorted(runs, key=lambda r: (r["seed"], SCENARIOS.index(r["scenario"]))),
+        "runs": runs,
         "summary": summarize(runs),
     }
     text = render(payload)

@@ -78,7 +78,7 @@ class ServerNode:
             time.sleep(0.05)
         raise RuntimeError(f"node {self.url} not ready after {timeout}s:\n{self.log.read_text()}")
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
+    def stop(self, sig: int = signal.SIGTERM, wait: bool = True) -> None:
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -91,9 +91,10 @@ class ServerNode:
         # Workers that outlived their master (after SIGKILL) are stopped too.
         self._signal_group(signal.SIGKILL)
         self.proc = None
-        self._wait_port_closed()
+        if wait:
+            self.wait_port_closed()
 
-    def _wait_port_closed(self, timeout: float = 10.0) -> None:
+    def wait_port_closed(self, timeout: float = 10.0) -> None:
         """Return once the node's port refuses connections. The master is reaped above, but a gunicorn worker
         killed with it can still hold the listening socket for a moment: a connection accepted into its backlog
         then is reset after the request was sent, which a test that means "the node is dead" (connect refused,
@@ -103,8 +104,10 @@ class ServerNode:
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.5):
                     pass
-            except OSError:
+            except ConnectionRefusedError:
                 return
+            except OSError:
+                pass  # a timeout (a full backlog) is not "closed"
             time.sleep(0.02)
         raise RuntimeError(f"node {self.url} still accepts connections {timeout}s after it was stopped")
 
@@ -209,8 +212,12 @@ class Cluster:
         return self
 
     def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
+        # Every node first, then the ports: one that is slow to close must not leave the others running.
+        running = [node for node in self.nodes if node.proc is not None]
+        for node in running:
+            node.stop(wait=False)
+        for node in running:
+            node.wait_port_closed()
 
     def __enter__(self) -> Cluster:
         try:

@@ -185,4 +185,26 @@ def test_decision_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     r = router()
     for tenant in tenants_owned_by(URLS[0], 40):
         r.decide_by_header(tenant.encode(), "GET", "/")
-        assert len(r._local) <= 8 and len(r._local_by_value) <= 8
+        assert len(r._cache.by_key) <= 8 and len(r._cache.by_value) <= 8
+
+
+def test_value_cache_holds_only_values_that_are_exactly_the_key() -> None:
+    """Whitespace around a key still routes it, but must not become a way to fill the cache with big values."""
+    r = router()
+    mine = tenants_owned_by(URLS[0], 1)[0]
+    for pad in range(1, 50):
+        assert r.decide_by_header(mine.encode() + b" " * pad, "GET", "/").action == "local"
+        assert r.decide_by_header(" " * pad + mine, "GET", "/").action == "local"
+    assert r._cache.by_value == {}
+    r.decide_by_header(mine.encode(), "GET", "/")
+    assert list(r._cache.by_value) == [mine.encode()]
+
+
+def test_header_values_off_the_specs_are_no_key_or_decided_not_raised() -> None:
+    r = router()
+    mine = tenants_owned_by(URLS[0], 1)[0]
+    # An environ value outside latin-1 (PEP 3333 forbids it): no key, as the general path decides.
+    assert r.decide_by_header(mine + "\u0100", "GET", "/").reason == "no-key"
+    # A bytearray from an ASGI server off the spec: decided like bytes, and not cached by value.
+    for _ in range(2):
+        assert r.decide_by_header(bytearray(mine.encode()), "GET", "/").action == "local"  # type: ignore[arg-type]

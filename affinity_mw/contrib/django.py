@@ -277,7 +277,8 @@ class AffinityMiddleware:
 
     def _serve_here(self, request: Any, decision: Decision) -> None:
         request.affinity = decision
-        decision.served_by = self.core.self_id
+        if decision.served_by != self.core.self_id:  # cached local decisions are shared: no write to them
+            decision.served_by = self.core.self_id
 
     def _finish_local(self, response: Any, decision: Decision) -> Any:
         if self.core.debug_headers or self.core.draining:
