@@ -226,7 +226,10 @@ def restore_forwarded(headers: Sequence[tuple[bytes, bytes]], added: str) -> Hea
 def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
     """The upstream response's headers to pass downstream, lower-cased as ASGI wants, repeats and order kept."""
     items = [(name.lower(), value) for name, value in raw]
-    drop = _NOT_COPIED_DOWN | _connection_tokens(items)
+    drop = _NOT_COPIED_DOWN
+    for name, value in items:
+        if name == b"connection":  # the names are lower-case already: no second pass through _connection_tokens
+            drop = drop | {t.strip().lower() for t in value.split(b",") if t.strip()}
     return [(name, value) for name, value in items if name not in drop]
 
 

@@ -269,12 +269,10 @@ class _Response:
         if self._length == -1:
             async for chunk in self._chunked():
                 yield chunk
-        else:
-            async for chunk in self._plain():
-                yield chunk
-        self._done = True
-
-    async def _plain(self) -> AsyncIterator[bytes]:
+            self._done = True
+            return
+        # Fixed length, or until the peer closes: read here rather than through a second generator, since
+        # almost every forwarded response is this case and most are one chunk.
         conn = self._conn
         remaining = self._length
         while True:
@@ -289,12 +287,15 @@ class _Response:
                 conn.consumed()
                 if remaining is not None:
                     remaining -= len(chunk)
+                    if remaining == 0:
+                        self._done = True  # before the yield: the consumer may stop at the last byte
                 yield chunk
                 if remaining == 0:
                     return
                 continue
             if conn.eof:
                 if remaining is None and not conn.timed_out and conn.error is None:
+                    self._done = True
                     return  # a body delimited by the connection's clean close: complete
                 raise _broken(conn, "peer closed mid-body")
             await conn.wait_data()

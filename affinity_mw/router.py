@@ -110,15 +110,18 @@ class Decision:
 
 class _LocalCache:
     """One generation of the decision cache: for one ring object and one self id, the shared decision of each
-    key this node owns, by key and (for a plain header key) by the header's raw value."""
+    key this node owns, by key and (for a plain header key) by the header's raw value; and for keys it forwards,
+    what a fresh forward decision is built from while no peer is ejected (hash, owner, candidates, whether this
+    node is next, reason)."""
 
-    __slots__ = ("by_key", "by_value", "ring", "self_id")
+    __slots__ = ("by_key", "by_value", "forward", "ring", "self_id")
 
     def __init__(self, ring: Ring | None, self_id: str | None) -> None:
         self.ring = ring
         self.self_id = self_id
         self.by_key: dict[str, Decision] = {}
         self.by_value: dict[bytes | str, Decision] = {}
+        self.forward: dict[str, tuple[int, Node, tuple[Node, ...], bool, str]] = {}
 
 
 class Router:
@@ -282,6 +285,12 @@ class Router:
         if decision is not None:
             counters["local_owner"] += 1
             return decision
+        planned = cache.forward.get(key)
+        if planned is not None and not self.health.any_ejected:
+            decision = Decision(FORWARD, planned[4], ring, key, planned[0], planned[1], planned[2])
+            decision.self_is_next = planned[3]
+            counters["forwarded"] += 1
+            return decision
         key_hash = self._hashes.get(key)
         if key_hash is None:
             key_hash = self._hash(key)
@@ -300,7 +309,8 @@ class Router:
             # Membership changed: forget the health of peers that left (cheap identity check per forward).
             self._ring_seen = ring
             health.forget(node.id for node in ring.nodes)
-        if health.any_ejected:
+        ejected = health.any_ejected
+        if ejected:
             # Set-aside peers are skipped as if they had left the ring: their keys go to their successors only.
             order = [n for n in ring.successors(key_hash) if n.id == self_id or health.usable(n.id)]
             if order and order[0].id == self_id:
@@ -308,15 +318,20 @@ class Router:
                 return Decision(LOCAL, "failover", ring, key, key_hash, owner)
         else:
             order = list(ring.successors(key_hash, self.max_attempts + 1))
-        candidates: list[Node] = []
+        found: list[Node] = []
         for node in order:
-            if node.id == self_id or len(candidates) == self.max_attempts:
+            if node.id == self_id or len(found) == self.max_attempts:
                 break
-            candidates.append(node)
-        decision = Decision(
-            FORWARD, "owner" if self_id else "not-member", ring, key, key_hash, owner, tuple(candidates)
-        )
-        decision.self_is_next = len(order) > len(candidates) and order[len(candidates)].id == self_id
+            found.append(node)
+        candidates = tuple(found)
+        self_is_next = len(order) > len(candidates) and order[len(candidates)].id == self_id
+        reason = "owner" if self_id else "not-member"
+        decision = Decision(FORWARD, reason, ring, key, key_hash, owner, candidates)
+        decision.self_is_next = self_is_next
+        if not ejected:
+            if len(cache.forward) >= _LOCAL_CACHE_SIZE:
+                cache.forward.clear()
+            cache.forward[key] = (key_hash, owner, candidates, self_is_next, reason)
         counters["forwarded"] += 1
         return decision
 

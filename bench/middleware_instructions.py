@@ -9,6 +9,10 @@ event loop), and the same app bare; both run under ``valgrind --tool=cachegrind 
 * ``asgi-local-browser``: the same with a browser's twelve headers;
 * ``asgi-hop``: the owner's side of a forward, a GET carrying a valid hop marker and the three
   ``X-Forwarded-*`` headers the forwarder added;
+* ``asgi-forward``: the forwarding node's side of a forward (decision, marker, the built-in asyncio client, the
+  relay), to a real owner: a bare uvicorn server on 127.0.0.2 that this process starts (natively, not counted);
+  driven one request at a time by an event loop, so the loop's own work is in the count, and it depends a little
+  on how the owner's answer arrives (one read or two): compare runs on a quiet machine;
 * ``wsgi-local``: ``AffinityWSGIMiddleware`` with the environ gunicorn builds for wrk's GET;
 * ``sign`` and ``verify``: one hop marker.
 
@@ -28,13 +32,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ["http://127.0.0.1:8000", "http://127.0.0.2:8000"]
-CASES = ("asgi-local", "asgi-local-browser", "asgi-hop", "wsgi-local", "sign", "verify")
+CASES = ("asgi-local", "asgi-local-browser", "asgi-hop", "asgi-forward", "wsgi-local", "sign", "verify")
 CALLS = (2_000, 12_000)
 
 
 def child(case: str, calls: int, bare: bool) -> None:
     """Runs under valgrind: build the case, then call it ``calls`` times."""
     sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+    if case == "asgi-forward":
+        forward(calls, bare)
+        return
     self_url = PEERS[1] if case in ("asgi-hop", "verify") else PEERS[0]
     os.environ.update(
         AFFINITY_PEERS=",".join(PEERS), AFFINITY_SELF=self_url, AFFINITY_SECRET="s" * 32, AFFINITY_KEY="header:X-Tenant"
@@ -93,6 +100,64 @@ def child(case: str, calls: int, bare: bool) -> None:
             coro.send(None)
         except StopIteration:
             pass
+
+
+def forward(calls: int, bare: bool) -> None:
+    """``calls`` GETs through the middleware to a real owner, one at a time, on one event loop."""
+    import asyncio
+    import http.client
+    import time
+
+    from http_bench import free_port, tenant_owned_by
+    from local_path_bench import noop_app, scope_for
+
+    from affinity_mw import AffinityMiddleware
+
+    port = free_port(["127.0.0.1", "127.0.0.2"])
+    peers = [f"http://127.0.0.1:{port}", f"http://127.0.0.2:{port}"]
+    os.environ.update(
+        AFFINITY_PEERS=",".join(peers), AFFINITY_SELF=peers[0], AFFINITY_SECRET="s" * 32, AFFINITY_KEY="header:X-Tenant"
+    )
+    server = ["--host", "127.0.0.2", "--port", str(port), "--loop", "asyncio", "--http", "h11", "--log-level", "error"]
+    owner = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bench.app:bare", *server, "--no-access-log"],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    try:
+        for _ in range(200):
+            try:
+                conn = http.client.HTTPConnection("127.0.0.2", port, timeout=1)
+                conn.request("GET", "/t/ready")
+                conn.getresponse().read()
+                conn.close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        tenant = tenant_owned_by(peers, peers[1])
+        scope = scope_for(tenant, browser=False)
+        app = noop_app if bare else AffinityMiddleware(noop_app)
+
+        async def run() -> None:
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            statuses = []
+
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    statuses.append(message["status"])
+
+            for _ in range(calls):
+                await app(dict(scope), receive, send)  # type: ignore[arg-type]
+            assert bare or statuses == [200] * calls, statuses[:3]
+            if not bare:
+                await app.transport.aclose()  # type: ignore[union-attr]
+
+        asyncio.run(run())
+    finally:
+        owner.terminate()
+        owner.wait(timeout=10)
 
 
 def count(case: str, calls: int, bare: bool, tmp: Path) -> int:

@@ -208,3 +208,23 @@ def test_header_values_off_the_specs_are_no_key_or_decided_not_raised() -> None:
     # A bytearray from an ASGI server off the spec: decided like bytes, and not cached by value.
     for _ in range(2):
         assert r.decide_by_header(bytearray(mine.encode()), "GET", "/").action == "local"  # type: ignore[arg-type]
+
+
+def test_forward_decisions_from_the_cache_are_fresh_and_give_way_to_ejection() -> None:
+    r, uncached = router(), router()
+    theirs = tenants_owned_by(URLS[1], 5)
+    fields = ("action", "reason", "key", "key_hash", "owner", "candidates", "self_is_next")
+    for tenant in theirs:
+        first, second = r.decide(view(tenant)), r.decide(view(tenant))
+        assert first is not second  # the forwarder records its attempts on each
+        want = uncached.decide(view(tenant))
+        assert [getattr(second, f) for f in fields] == [getattr(want, f) for f in fields]
+    # The owner is set aside: the cached candidates must not be used; its keys go to their successors only.
+    r.health.draining(URLS[1])
+    ring = StaticMembership(URLS).ring
+    for tenant in theirs:
+        d = r.decide(view(tenant))
+        order = [n.id for n in ring.successors(hash_key(tenant)) if n.id != URLS[1]]
+        assert URLS[1] not in [n.id for n in d.candidates]
+        assert d.action == ("local" if order[0] == URLS[0] else "forward")
+    assert r.counters["forwarded"] + r.counters["failover"] == 3 * len(theirs)
