@@ -45,6 +45,18 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 DECISION_KEY = "affinity_mw.decision"
 _HOP_ENV = "HTTP_X_AFFINITY_HOP"
+# Keys a WSGI server puts in every environ that are not headers (PEP 3333, gunicorn, Werkzeug): the scan for header
+# keys skips them with one set difference in C instead of a Python-level test of each (the local path's largest
+# cost). Any key not listed is still tested.
+_NOT_HEADERS = frozenset(
+    {
+        "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE", "CONTENT_LENGTH",
+        "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "SERVER_SOFTWARE", "REMOTE_ADDR", "REMOTE_PORT",
+        "RAW_URI", "REQUEST_URI", "wsgi.version", "wsgi.url_scheme", "wsgi.input", "wsgi.errors",
+        "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once", "wsgi.file_wrapper", "wsgi.input_terminated",
+        "gunicorn.socket", "werkzeug.socket", "werkzeug.request", "werkzeug.server.shutdown",
+    }
+)  # fmt: skip
 _INTERNAL_ENV = "HTTP_X_AFFINITY_"
 
 
@@ -99,13 +111,12 @@ class AffinityWSGIMiddleware:
                 return _plain(start_response, *answer)
         hop = environ.get(_HOP_ENV)
         marker = self.router.check_marker(hop.encode("latin-1")) if hop is not None else None
-        # One pass over the environ for both the header block's size and any of our headers a client sent. The
-        # two plain comparisons first rule out every key not starting with "H" without slicing it: a gunicorn
-        # environ has about 25 keys, and this loop is most of what the local path costs.
+        # One pass over the environ's header keys for both the header block's size and any of our headers a
+        # client sent (a gunicorn environ has about 25 keys, two or three of them headers for a plain GET).
         header_bytes = 0
         internal = False
-        for key in environ:
-            if key > "H" and key < "I" and key[:5] == "HTTP_":
+        for key in environ.keys() - _NOT_HEADERS:
+            if key[:5] == "HTTP_":
                 header_bytes += len(key) + len(environ[key]) - 5
                 if key[:16] == _INTERNAL_ENV:
                     internal = True

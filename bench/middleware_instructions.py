@@ -16,7 +16,7 @@ event loop), and the same app bare; both run under ``valgrind --tool=cachegrind 
 * ``wsgi-local``: ``AffinityWSGIMiddleware`` with the environ gunicorn builds for wrk's GET;
 * ``sign`` and ``verify``: one hop marker.
 
-Needs valgrind (``bash bench/setup.sh --valgrind``). About a minute. ``--child CASE N`` is the process valgrind runs.
+Needs valgrind (``bash bench/setup.sh --valgrind``). About 3 minutes. ``--child CASE N`` is the process valgrind runs.
 """
 
 from __future__ import annotations
