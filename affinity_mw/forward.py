@@ -147,13 +147,13 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     tokens: set[bytes] = set()
     for name, value in headers:
         if name.lower() == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b",") if t.strip())
+            tokens |= _tokens(value)
     return tokens
 
 
-def is_internal(name: bytes) -> bool:
-    """True for our internal header names, including spellings that WSGI or lax servers fold onto them."""
-    return name[:11].lower() in INTERNAL_SPELLINGS
+def _tokens(value: bytes) -> set[bytes]:
+    """The header names a ``Connection`` value lists, lower-cased: hop-by-hop for this one message."""
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
 
 
 def request_headers(
@@ -228,8 +228,8 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
     items = [(name.lower(), value) for name, value in raw]
     drop = _NOT_COPIED_DOWN
     for name, value in items:
-        if name == b"connection":  # the names are lower-case already: no second pass through _connection_tokens
-            drop = drop | {t.strip().lower() for t in value.split(b",") if t.strip()}
+        if name == b"connection":  # names are lower-cased above: no need for _connection_tokens' own lower()
+            drop = drop | _tokens(value)
     return [(name, value) for name, value in items if name not in drop]
 
 
