@@ -153,7 +153,6 @@ class Router:
         self.max_key_length = max_key_length
         self.health = health if health is not None else PeerHealth()
         self.counters: Counter[str] = Counter()
-        self._ring_seen: Ring | None = None
         self._hashes: dict[str, int] = {}
         self._cache = _LocalCache(None, None)
         self.header_key = plain_header_name(extractor)
@@ -280,6 +279,7 @@ class Router:
             # A new generation, swapped in by one assignment: a thread still deciding on the old ring holds the
             # old generation and can only fill that one.
             self._cache = cache = _LocalCache(ring, self_id)
+            self.health.forget(node.id for node in ring.nodes)  # peers that left the ring: their health too
         local = cache.by_key
         decision = local.get(key)
         if decision is not None:
@@ -291,9 +291,7 @@ class Router:
             decision.self_is_next = planned[3]
             counters["forwarded"] += 1
             return decision
-        key_hash = self._hashes.get(key)
-        if key_hash is None:
-            key_hash = self._hash(key)
+        key_hash = self._hash(key)
         owner = ring.owner(key_hash)
         if owner is None or owner.id == self_id:
             counters["local_owner"] += 1
@@ -305,10 +303,6 @@ class Router:
             local[key] = decision
             return decision
         health = self.health
-        if ring is not self._ring_seen:
-            # Membership changed: forget the health of peers that left (cheap identity check per forward).
-            self._ring_seen = ring
-            health.forget(node.id for node in ring.nodes)
         ejected = health.any_ejected
         if ejected:
             # Set-aside peers are skipped as if they had left the ring: their keys go to their successors only.
