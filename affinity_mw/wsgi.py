@@ -111,22 +111,12 @@ class AffinityWSGIMiddleware:
                 return _plain(start_response, *answer)
         hop = environ.get(_HOP_ENV)
         marker = self.router.check_marker(hop.encode("latin-1")) if hop is not None else None
-        # One pass over the environ's header keys for both the header block's size and any of our headers a
-        # client sent (a gunicorn environ has about 25 keys, two or three of them headers for a plain GET).
-        header_bytes = 0
-        internal = False
-        for key in environ.keys() - _NOT_HEADERS:
-            if key[:5] == "HTTP_":
-                header_bytes += len(key) + len(environ[key]) - 5
-                if key[:16] == _INTERNAL_ENV:
-                    internal = True
+        header_bytes, internal = _header_scan(environ)
         if marker is not None or internal:
             # Strip our headers, and on a hop show the request as the first node saw it: the key is then
             # extracted from the same request on both nodes (an `ip` key included).
             environ = _restore(environ, marker)
-            header_bytes = environ_header_bytes(environ)
-        else:
-            header_bytes += _content_header_bytes(environ)
+            header_bytes = _header_scan(environ)[0]
         core = self.core
         if header_bytes > core.max_header_bytes or core.max_body:
             refusal = core.refusal(header_bytes, environ.get("CONTENT_LENGTH") if core.max_body else None)
@@ -446,23 +436,23 @@ def _discard(data: bytes) -> None:
     pass
 
 
-def environ_header_bytes(environ: Environ) -> int:
-    """The size of the request's header block (names plus values) as the client sent it, from a WSGI environ."""
+def _header_scan(environ: Environ) -> tuple[int, bool]:
+    """The size of the request's header block (names plus values) as the client sent it, and whether it has any
+    of our ``X-Affinity-*`` headers: one pass over the environ's header keys (a gunicorn environ has about 25
+    keys, two or three of them headers for a plain GET)."""
     size = 0
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            size += len(key) - 5 + len(value)
-    return size + _content_header_bytes(environ)
-
-
-def _content_header_bytes(environ: Environ) -> int:
-    """``Content-Type`` and ``Content-Length``, which WSGI keeps without the ``HTTP_`` prefix."""
-    size = 0
+    internal = False
+    for key in environ.keys() - _NOT_HEADERS:
+        if key[:5] == "HTTP_":
+            size += len(key) + len(environ[key]) - 5
+            if key[:16] == _INTERNAL_ENV:
+                internal = True
+    # Content-Type and Content-Length, which WSGI keeps without the HTTP_ prefix.
     if "CONTENT_TYPE" in environ:
         size += 12 + len(environ["CONTENT_TYPE"])
     if "CONTENT_LENGTH" in environ:
         size += 14 + len(environ["CONTENT_LENGTH"])
-    return size
+    return size, internal
 
 
 def environ_headers(environ: Environ) -> Headers:
