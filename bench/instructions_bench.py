@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from http_bench import HOST_A, HOST_B, ROOT, SECRET, Server, code_version, free_port, group_pids, tenant_owned_by
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from docblock import replace_block
+from docblock import write_block
 
 START, END = "<!-- instructions-results:start -->", "<!-- instructions-results:end -->"
 
@@ -285,9 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    if args.write:
-        doc = Path(args.write)
-        doc.write_text(replace_block(doc.read_text(encoding="utf-8"), START, END, text), encoding="utf-8")
+    if args.write and not write_block(Path(args.write), START, END, text):
+        return 1
     return 0
 
 

@@ -19,7 +19,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # run from a checkout: bench/ and scripts/ are not packages
 
-from docblock import replace_block  # noqa: E402
+from docblock import write_block  # noqa: E402
 
 START, END = "<!-- bench-results:start -->", "<!-- bench-results:end -->"
 NAMES = {
@@ -138,13 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     text = render(args.results)
     print(text)
-    if args.write:
-        try:
-            doc = replace_block(args.write.read_text(encoding="utf-8"), START, END, text)
-        except ValueError as exc:
-            print(f"{args.write}: {exc}", file=sys.stderr)
-            return 1
-        args.write.write_text(doc, encoding="utf-8")
+    if args.write and not write_block(args.write, START, END, text):
+        return 1
     return 0
 
 

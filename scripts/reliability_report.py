@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from docblock import replace_block
+from docblock import write_block
 
 START, END = "<!-- reliability-table:start -->", "<!-- reliability-table:end -->"
 COLUMNS = ("scenario", "stack", "sent", "failed", "retried", "duplicated", "bytes checked", "peak RSS +MiB", "notes")
@@ -101,13 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = load(args.results)
     text = table(rows)
     print(text)
-    if args.write:
-        try:
-            doc = replace_block(args.write.read_text(encoding="utf-8"), START, END, text)
-        except ValueError as exc:
-            print(f"{args.write}: {exc}", file=sys.stderr)
-            return 1
-        args.write.write_text(doc, encoding="utf-8")
+    if args.write and not write_block(args.write, START, END, text):
+        return 1
     return 0
 
 
