@@ -217,15 +217,16 @@ class Server:
             stime += int(rest[12])
         return utime, stime
 
-    def stop(self) -> None:
-        """SIGTERM to the whole process group, SIGKILL to whatever of it is left after 5 s."""
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM to the whole process group, SIGKILL to whatever of it is left after ``grace`` seconds."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
+        deadline = time.monotonic() + grace
+        while (proc.poll() is None or group_pids(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
         if proc.poll() is None or group_pids(proc.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)

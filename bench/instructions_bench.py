@@ -26,13 +26,10 @@ Needs valgrind (Debian's ``valgrind``; ``bash bench/setup.sh --valgrind`` instal
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
-import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from http_bench import HOST_A, HOST_B, ROOT, SECRET, Server, code_version, free_port, group_pids, tenant_owned_by
+from http_bench import HOST_A, HOST_B, ROOT, SECRET, Server, code_version, free_port, tenant_owned_by
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from docblock import write_block
@@ -144,23 +141,6 @@ def total_ir(out: Path, servers: list[Server]) -> dict[str, int]:
     return totals
 
 
-def stop(servers: list[Server]) -> None:
-    """SIGTERM each server's process group and wait (valgrind is slow) until every process of it has exited
-    and so written its counts; SIGKILL only what is left after 120 s."""
-    for server in servers:
-        if server.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 120
-    for server in servers:
-        if server.proc is None:
-            continue
-        while group_pids(server.proc.pid) and time.monotonic() < deadline:
-            server.proc.poll()
-            time.sleep(0.1)
-        server.stop()  # reaps it (and SIGKILLs whatever outlived the deadline)
-
-
 def lifetime_ir(name: str, seed: int, requests: int, out: Path) -> tuple[dict[str, int], float]:
     """Start the scenario's servers under callgrind, check the path, send ``requests`` GETs, stop them: the
     instructions each server executed in its whole life, and the seconds the requests took."""
@@ -182,7 +162,8 @@ def lifetime_ir(name: str, seed: int, requests: int, out: Path) -> tuple[dict[st
         send(target, f"/t/{tenant}", tenant, requests)
         seconds = time.monotonic() - started
     finally:
-        stop(servers)
+        for server in servers:
+            server.stop(grace=120)  # under valgrind a process takes seconds to exit and write its counts
     return total_ir(run_dir, servers), seconds
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -105,10 +106,9 @@ def child(case: str, calls: int, bare: bool) -> None:
 def forward(calls: int, bare: bool) -> None:
     """``calls`` GETs through the middleware to a real owner, one at a time, on one event loop."""
     import asyncio
-    import http.client
-    import time
+    from types import SimpleNamespace
 
-    from http_bench import free_port, tenant_owned_by
+    from http_bench import Server, free_port, tenant_owned_by
     from local_path_bench import noop_app, scope_for
 
     from affinity_mw import AffinityMiddleware
@@ -118,22 +118,12 @@ def forward(calls: int, bare: bool) -> None:
     os.environ.update(
         AFFINITY_PEERS=",".join(peers), AFFINITY_SELF=peers[0], AFFINITY_SECRET="s" * 32, AFFINITY_KEY="header:X-Tenant"
     )
-    server = ["--host", "127.0.0.2", "--port", str(port), "--loop", "asyncio", "--http", "h11", "--log-level", "error"]
-    owner = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "bench.app:bare", *server, "--no-access-log"],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
+    log_dir = Path(tempfile.mkdtemp(prefix="affinity-owner-"))
+    args = SimpleNamespace(log_dir=log_dir, wsgi=False, loop="asyncio", http="h11")
+    owner = Server("owner", "bench.app:bare", "127.0.0.2", port, {}, args)  # the benchmark's bare server
+    owner.start()
     try:
-        for _ in range(200):
-            try:
-                conn = http.client.HTTPConnection("127.0.0.2", port, timeout=1)
-                conn.request("GET", "/t/ready")
-                conn.getresponse().read()
-                conn.close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        owner.wait_ready()
         tenant = tenant_owned_by(peers, peers[1])
         scope = scope_for(tenant, browser=False)
         app = noop_app if bare else AffinityMiddleware(noop_app)
@@ -156,8 +146,8 @@ def forward(calls: int, bare: bool) -> None:
 
         asyncio.run(run())
     finally:
-        owner.terminate()
-        owner.wait(timeout=10)
+        owner.stop()
+        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def count(case: str, calls: int, bare: bool, tmp: Path) -> int:

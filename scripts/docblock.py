@@ -1,8 +1,8 @@
 """Replace the generated block between two HTML-comment markers in a markdown file.
 
 The docs generators (``gen_config_docs.py``, ``reliability_report.py``, ``bench/report.py``,
-``bench/instructions_bench.py``) each own one block of
-one file; everything outside the markers is hand-written and must survive regeneration untouched.
+``bench/instructions_bench.py``) each own one block of one file; everything outside the markers is hand-written
+and must survive regeneration untouched.
 """
 
 from __future__ import annotations
