@@ -286,6 +286,9 @@ def render(payload: dict[str, Any]) -> str:
         if name.endswith("-bare"):
             lines.append(f"| {name} | {s['ir_per_request']:,} | 1 | - | - |")
             continue
+        if s["ratio_to_bare"] is None:  # --scenarios without this stack's bare: nothing to compare with
+            lines.append(f"| {name} | {s['ir_per_request']:,} | - | - | - |")
+            continue
         per_seed = ", ".join(f"{r:.3f}" for r in s["ratios"])
         lines.append(
             f"| {name} | {s['ir_per_request']:,} | **{s['ratio_to_bare']:.3f}** | {per_seed} | "
