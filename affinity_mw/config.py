@@ -146,6 +146,14 @@ OPTIONS: tuple[Option, ...] = (
         _bool,
         "`1` adds `X-Affinity-Served-By` and `X-Affinity-Owner` to responses.",
     ),
+    Option(
+        "forwarded_headers",
+        "AFFINITY_FORWARDED_HEADERS",
+        False,
+        _bool,
+        "`1` adds `X-Forwarded-For/-Proto/-Host` to forwarded requests, for layers outside the middleware on the "
+        "owner (its app never sees them either way; the signed marker carries the client's address and scheme).",
+    ),
     Option("max_attempts", "AFFINITY_MAX_ATTEMPTS", 3, _int, "Distinct peers tried when connections fail."),
     Option("connect_timeout", "AFFINITY_CONNECT_TIMEOUT", 1.0, _float, "Seconds to open a connection to a peer."),
     Option(
@@ -334,6 +342,7 @@ class Settings:
     no_key: str = "local"
     fallback: str = "local"
     debug_headers: bool = False
+    forwarded_headers: bool = False
     max_attempts: int = 3
     connect_timeout: float = 1.0
     read_timeout: float = 30.0

@@ -161,16 +161,27 @@ def request_headers(
     *,
     client_host: str | None,
     scheme: str,
+    forwarded: bool = False,
 ) -> tuple[Headers, str]:
     """Headers for the upstream request, and the X-Forwarded-* headers added ("f", "p", "h") for the marker.
 
-    ``X-Forwarded-For`` gets the client's address appended; ``X-Forwarded-Proto``/``-Host`` are set only when the
-    client request has none, because an edge proxy's values are more truthful than ours. The owner's adapter
-    removes exactly what was added here (the marker says what), so the owner's app sees the request as this node
-    saw it.
+    By default nothing is added: the signed marker carries the client's address and scheme, the client's
+    ``Host`` is passed on, and the owner's adapter shows its app the request as this node saw it. Every header
+    added here would be parsed by the owner's server and removed again by its adapter before the app, so they
+    only serve layers outside the middleware on the owner (an access log, an outer middleware), at a measured
+    cost to every hop (docs/benchmarks.md). With ``forwarded=True`` (``AFFINITY_FORWARDED_HEADERS=1``),
+    ``X-Forwarded-For`` gets the client's address appended and ``X-Forwarded-Proto``/``-Host`` are set when the
+    client request has none (an edge proxy's values are more truthful than ours); the owner's adapter removes
+    exactly what was added (the marker says what).
     """
     drop = _NOT_COPIED_UP | _connection_tokens(headers)
     out: Headers = []
+    if not forwarded:
+        for name, value in headers:
+            lname = name.lower()
+            if lname not in drop and lname[:11] not in INTERNAL_SPELLINGS:
+                out.append((lname, value))
+        return out, ""
     xff: bytes | None = None
     host: bytes | None = None
     has_proto = has_xhost = False
@@ -325,7 +336,12 @@ class ForwardPlan:
         self.decision = decision
         self.client = client
         self.scheme = scheme
-        self.headers, self.added = request_headers(headers, client_host=client[0] if client else None, scheme=scheme)
+        self.headers, self.added = request_headers(
+            headers,
+            client_host=client[0] if client else None,
+            scheme=scheme,
+            forwarded=core.settings.forwarded_headers,
+        )
         self.retried = False
         self._retrying = False
         self.backoff = 0.0

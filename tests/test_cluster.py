@@ -12,6 +12,8 @@ import gzip
 import hashlib
 import os
 import random
+import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -252,6 +254,100 @@ def test_hop_by_hop_headers_dropped_and_marker_kept(cluster: Cluster, client: ht
     assert "x-secret-hop" not in names and "keep-alive" not in names
     # The client's own X-Forwarded-For reaches the owner unchanged (ours was appended, then removed there).
     assert dict(echoed["headers"])["x-forwarded-for"] == "203.0.113.9"
+
+
+class CapturePeer:
+    """A peer that is only a listening socket in this process: it records each request head a node sends it and
+    answers ``200 ok``, so a test can see exactly what a forward puts on the wire."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.heads: list[bytes] = []
+        self.sock = socket.create_server((host, port))
+        self.sock.settimeout(0.2)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        deadline = time.monotonic() + 120  # bounded even if the test never stops it
+        while not self.stopped.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(10)
+                data = b""
+                while b"\r\n\r\n" not in data and len(data) < 65536:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.heads.append(data.partition(b"\r\n\r\n")[0])
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("forwarded", [False, True], ids=["default", "forwarded-headers"])
+def test_what_a_forward_puts_on_the_wire(tmp_path: Path, stack: str, client: httpx.Client, forwarded: bool) -> None:
+    """By default a hop adds no X-Forwarded-* (the signed marker carries the client's address and scheme, and the
+    owner's app would never see them); ``AFFINITY_FORWARDED_HEADERS=1`` adds all three for layers outside the
+    middleware on the owner. The client's own X-Forwarded-For and Host pass either way."""
+    # The servers' own proxy handling trusts X-Forwarded-* from 127.0.0.1 (this client): trust nobody here instead.
+    env = {"FORWARDED_ALLOW_IPS": "192.0.2.1", **({"AFFINITY_FORWARDED_HEADERS": "1"} if forwarded else {})}
+    c = make_cluster(tmp_path, stack, n=1, env=env)
+    peer_url = f"http://127.0.0.2:{c.port}"
+    peers = [*c.urls, peer_url]
+    c.nodes[0].env["AFFINITY_PEERS"] = ",".join(peers)
+    ring = StaticMembership(peers).ring
+    tenant = next(t for t in (f"w{i}" for i in range(1000)) if ring.owner_of(t).id == peer_url)  # type: ignore[union-attr]
+    peer = CapturePeer("127.0.0.2", c.port)
+    try:
+        with c:
+            r = client.get(
+                f"{c.urls[0]}/probe/{tenant}/echo",
+                headers={"X-Tenant": tenant, "Host": "app.example", "X-Forwarded-For": "203.0.113.9"},
+            )
+    finally:
+        peer.stop()
+    assert r.status_code == 200 and r.text == "ok"
+    assert len(peer.heads) == 1
+    lines = peer.heads[0].split(b"\r\n")
+    assert lines[0] == f"GET /probe/{tenant}/echo HTTP/1.1".encode()
+    sent = [line.split(b":", 1) for line in lines[1:]]
+    names = [name.lower() for name, _ in sent]
+    values = {name.lower(): value.strip() for name, value in sent}
+    assert names.count(b"x-affinity-hop") == 1 and values[b"host"] == b"app.example"
+    if forwarded:
+        assert values[b"x-forwarded-for"] == b"203.0.113.9, 127.0.0.1"
+        assert values[b"x-forwarded-proto"] == b"http" and values[b"x-forwarded-host"] == b"app.example"
+    else:
+        assert values[b"x-forwarded-for"] == b"203.0.113.9"
+        assert b"x-forwarded-proto" not in names and b"x-forwarded-host" not in names
+
+
+def test_owner_restores_the_request_whichever_side_adds_forwarded_headers(tmp_path: Path, client: httpx.Client) -> None:
+    """Nodes may differ in ``AFFINITY_FORWARDED_HEADERS`` (during a rollout that changes it): the marker says what
+    the forwarder added, so each owner's app sees the request as the first node saw it, in both directions."""
+    node_env = [{"AFFINITY_FORWARDED_HEADERS": "1"}, {}]
+    env = {"FORWARDED_ALLOW_IPS": "192.0.2.1"}  # as above: the servers' own proxy handling off
+    with make_cluster(tmp_path, "asgi-asyncio", n=2, env=env, node_env=node_env) as c:
+        for entry, other in ((0, 1), (1, 0)):
+            tenant = next(t for t in (f"r{i}" for i in range(1000)) if owner(c, t) == c.urls[other])
+            r = client.get(
+                f"{c.urls[entry]}/probe/{tenant}/echo",
+                headers={"X-Tenant": tenant, "Host": "app.example", "X-Forwarded-For": "203.0.113.9"},
+            )
+            echoed = r.json()
+            headers = dict(echoed["headers"])
+            assert echoed["node"] == c.urls[other] and echoed["decision"]["hops"] == 1
+            assert headers["x-forwarded-for"] == "203.0.113.9" and headers["host"] == "app.example"
+            assert "x-forwarded-proto" not in headers and "x-forwarded-host" not in headers
+            assert echoed["client"] == "127.0.0.1" and echoed["scheme"] == "http"
 
 
 @pytest.mark.parametrize(

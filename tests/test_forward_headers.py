@@ -28,6 +28,7 @@ def test_hop_by_hop_and_connection_named_headers_dropped() -> None:
         ],
         client_host="10.1.1.1",
         scheme="http",
+        forwarded=True,
     )
     assert names(out) == [b"host", b"accept", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"]
 
@@ -42,8 +43,34 @@ def test_internal_headers_and_folded_spellings_dropped() -> None:
         ],
         client_host=None,
         scheme="http",
+        forwarded=True,
     )
     assert names(out) == [b"x-affinityish", b"x-forwarded-proto"]
+
+
+def test_by_default_nothing_is_added_and_the_clients_own_headers_pass_as_they_are() -> None:
+    """The marker carries the client's address and scheme, so by default the hop adds no X-Forwarded-*: the
+    client's own (repeats included) pass unchanged, the same hop-by-hop and internal headers are dropped, and
+    the owner has nothing to undo."""
+    original = [
+        (b"Host", b"app.example"),
+        (b"X-Forwarded-For", b"203.0.113.7"),
+        (b"connection", b"x-private"),
+        (b"x-private", b"1"),
+        (b"x-forwarded-for", b"10.0.0.1"),
+        (b"x_affinity_hop", b"forged"),
+        (b"x-forwarded-proto", b"https"),
+        (b"content-length", b"3"),
+    ]
+    out, added = request_headers(original, client_host="10.0.0.2", scheme="http")
+    assert added == ""
+    assert out == [
+        (b"host", b"app.example"),
+        (b"x-forwarded-for", b"203.0.113.7"),
+        (b"x-forwarded-for", b"10.0.0.1"),
+        (b"x-forwarded-proto", b"https"),
+    ]
+    assert restore_forwarded([*out, (b"x-affinity-hop", b"m")], added) == out
 
 
 def test_forwarded_headers_appended_and_restored_exactly() -> None:
@@ -53,7 +80,7 @@ def test_forwarded_headers_appended_and_restored_exactly() -> None:
         (b"x-forwarded-for", b"10.0.0.1"),
         (b"accept", b"*/*"),
     ]
-    out, added = request_headers(original, client_host="10.0.0.2", scheme="https")
+    out, added = request_headers(original, client_host="10.0.0.2", scheme="https", forwarded=True)
     assert added == "fph"
     assert (b"x-forwarded-for", b"203.0.113.7, 10.0.0.1, 10.0.0.2") in out
     assert (b"x-forwarded-proto", b"https") in out and (b"x-forwarded-host", b"app.example") in out
@@ -67,7 +94,7 @@ def test_forwarded_headers_appended_and_restored_exactly() -> None:
 
 def test_existing_proto_and_host_are_kept() -> None:
     original = [(b"host", b"h"), (b"x-forwarded-proto", b"https"), (b"x-forwarded-host", b"edge")]
-    out, added = request_headers(original, client_host="10.0.0.2", scheme="http")
+    out, added = request_headers(original, client_host="10.0.0.2", scheme="http", forwarded=True)
     assert added == "f"
     assert restore_forwarded(out, added) == original
 

@@ -144,7 +144,16 @@ def test_forward_streams_body_and_relays_response() -> None:
     assert [h for h in headers if h[0] == "set-cookie"] == [("set-cookie", "a=1"), ("set-cookie", "b=2")]
     assert response.closed is True
     sent = dict(request.headers)
-    assert sent[b"x-forwarded-for"] == b"10.9.9.9" and sent[b"host"] == b"app.example"
+    assert sent[b"host"] == b"app.example" and not any(name.startswith(b"x-forwarded-") for name in sent)
+
+
+def test_forwarded_headers_option_adds_them_for_the_hop() -> None:
+    tenant = tenant_where(lambda order: order[0] == URLS[1])
+    transport = ScriptedTransport(Response(200, [(b"content-length", b"0")], []))
+    call(middleware(transport, forwarded_headers=True), tenant)
+    sent = dict(transport.requests[0].headers)
+    assert sent[b"x-forwarded-for"] == b"10.9.9.9" and sent[b"x-forwarded-proto"] == b"http"
+    assert sent[b"x-forwarded-host"] == b"app.example" and sent[b"host"] == b"app.example"
 
 
 def test_failover_and_retry_rules() -> None:
