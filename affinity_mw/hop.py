@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from itsdangerous import Signer
 
@@ -99,8 +100,8 @@ class HopSigner:
         self.max_skew = max_skew
         signer = Signer(keys, salt=_SALT, digest_method=hashlib.sha256)
         derived = [signer.derive_key(key) for key in signer.secret_keys]
-        self._signing = hmac.new(derived[-1], digestmod="sha256")
-        self._verifying = [hmac.new(key, digestmod="sha256") for key in reversed(derived)]  # newest first
+        self._signing = _keyed(derived[-1])
+        self._verifying = [_keyed(key) for key in reversed(derived)]  # newest first
 
     def sign(
         self,
@@ -114,19 +115,13 @@ class HopSigner:
         added: str = "",
     ) -> bytes:
         host, port = client if client is not None else ("", 0)
-        value = _SEP.join(
-            (
-                f"{int(time.time() * 1000):x}",
-                _escape(sender),
-                f"{key_hash:016x}",
-                _escape(ring_checksum),
-                str(attempt),
-                _escape(host or ""),
-                str(port),
-                _escape(scheme),
-                _escape(added),
-            )
-        ).encode("utf-8")
+        host = host or ""
+        # One scan for what would need escaping; almost no marker has any, and then no field is touched twice.
+        fields = sender + ring_checksum + host + scheme + added
+        if "%" in fields or "|" in fields:
+            sender, ring_checksum, host, scheme, added = map(_escape, (sender, ring_checksum, host, scheme, added))
+        stamp = int(time.time() * 1000)
+        value = f"{stamp:x}|{sender}|{key_hash:016x}|{ring_checksum}|{attempt}|{host}|{port}|{scheme}|{added}".encode()
         mac = self._signing.copy()
         mac.update(value)
         return value + b"." + _b64(mac.digest())
@@ -160,6 +155,15 @@ class HopSigner:
 
 _SALT = "affinity-mw.hop.v2"
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _keyed(key: bytes) -> Any:
+    """An HMAC-SHA256 state keyed once, to be copied per message. CPython's ``hmac.HMAC`` wraps a C object
+    (``_hmac``) in Python-level ``copy``/``update``/``digest`` methods that cost more than the hashing of a
+    marker; the C object has the same three methods, so it is used directly when present."""
+    state = hmac.new(key, digestmod="sha256")
+    inner = getattr(state, "_hmac", None)
+    return inner if inner is not None and hasattr(inner, "copy") else state
 
 
 def _b64(digest: bytes) -> bytes:
