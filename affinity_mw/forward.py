@@ -44,6 +44,7 @@ __all__ = [
     "UpstreamRequest",
     "UpstreamResponse",
     "UpstreamTimeout",
+    "lowered_response_headers",
     "request_headers",
     "response_headers",
 ]
@@ -236,7 +237,11 @@ def restore_forwarded(headers: Sequence[tuple[bytes, bytes]], added: str) -> Hea
 
 def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
     """The upstream response's headers to pass downstream, lower-cased as ASGI wants, repeats and order kept."""
-    items = [(name.lower(), value) for name, value in raw]
+    return lowered_response_headers([(name.lower(), value) for name, value in raw])
+
+
+def lowered_response_headers(items: list[tuple[bytes, bytes]]) -> Headers:
+    """:func:`response_headers` for a client that lower-cased the names as it parsed them."""
     drop = _NOT_COPIED_DOWN
     for name, value in items:
         if name == b"connection":  # names are lower-cased above: no need for _connection_tokens' own lower()

@@ -32,7 +32,7 @@ from .forward import (
     UpstreamRequest,
     UpstreamResponse,
     UpstreamTimeout,
-    response_headers,
+    lowered_response_headers,
 )
 from .transports import PerLoop
 
@@ -169,19 +169,27 @@ class _Connection(asyncio.Protocol):
     def arm(self, timeout: float) -> None:
         """Abort the connection if the peer stays silent for ``timeout`` seconds.
 
-        One timer per exchange, checked lazily: re-arming (headers, then body) or activity only moves the
-        deadline the timer re-reads when it fires, so the hot path schedules one callback and cancels it once.
-        A re-arm never shortens an armed timer's first check; it is only used to lengthen the silence allowed.
+        One timer per connection, checked lazily: re-arming (headers, then body, then the next exchange on the
+        same pooled connection) or activity only moves the deadline the timer re-reads when it fires, so the hot
+        path schedules no callback at all once the connection has one. A timer that would first fire later than
+        the new deadline is replaced, so a shorter timeout is never stretched.
         """
         self._timeout = timeout
         self._last_data = now = self.loop.time()
-        if self._timer is None:
-            self._timer = self.loop.call_at(now + timeout, self._check_silence)
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= now + timeout:
+                return
+            timer.cancel()
+        self._timer = self.loop.call_at(now + timeout, self._check_silence)
 
     def activity(self) -> None:
         self._last_data = self.loop.time()
 
     def _check_silence(self) -> None:
+        if not self.busy:
+            self._timer = None  # idle in the pool: nothing to time until the next exchange arms it again
+            return
         now = self.loop.time()
         if self.paused or self.waiting_client:
             # Waiting on our side (a slow downstream reader, or the client's next upload chunk) is not the
@@ -202,7 +210,7 @@ class _Connection(asyncio.Protocol):
             self._timer = None
 
     def release(self) -> None:
-        self._cancel_timer()
+        # The silence timer stays: it finds the connection idle and lapses, or the next exchange re-arms it.
         self.busy = False
         self.idle_since = self.loop.time()
 
@@ -510,7 +518,7 @@ class AsyncioTransport:
             if sent is not None and not sent.done():
                 sent.cancel()
             raise
-        return _Response(conn, peer, pool, status, response_headers(raw), length, keep, sent)
+        return _Response(conn, peer, pool, status, lowered_response_headers(raw), length, keep, sent)
 
     async def aclose(self) -> None:
         pool = self._pools.pop()
@@ -561,8 +569,7 @@ def _response_framing(
     chunked = framed_by_te = False
     keep = version11
     lengths: set[bytes] = set()
-    for name, value in raw:
-        lname = name.lower()
+    for lname, value in raw:  # names are lower-cased by _read_head
         if lname == b"content-length":
             lengths.add(value)
         elif lname == b"transfer-encoding":
@@ -655,7 +662,7 @@ async def _read_head(
         name, sep, value = line.partition(b":")
         if not sep or not name or b" " in name or b"\t" in name:
             raise BadResponse(f"bad header line {line[:60]!r}")
-        raw.append((name, value.strip(b" \t")))
+        raw.append((name.lower(), value.strip(b" \t")))
     return status, raw, status_line[0] == b"HTTP/1.1"
 
 
