@@ -9,7 +9,9 @@ decision out over ASGI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import quote
@@ -127,6 +129,9 @@ class AffinityMiddleware:
         if key_header is not None and not internal:
             # The common case: the key header was picked up in the scan above.
             decision = router.decide_by_header(key_value, scope["method"], scope["path"])
+        elif marker is not None and router.hop_header_key is not None:
+            # The owner's side of a forward: restoring the request left the key header as the scan saw it.
+            decision = router.hop_by_header(key_value, marker, scope["method"], scope["path"])
         else:
             client = scope.get("client")
             view = RequestView(
@@ -223,11 +228,13 @@ class AffinityMiddleware:
                 method, target.decode("latin-1"), content_length, body.stream if body is not None else None
             )
             for node, request in attempts:
-                try:
-                    slot = await self.slots.acquire(node.id)
-                except PoolExhausted:
-                    await _plain(send, *POOL_EXHAUSTED, extra=[(b"retry-after", b"1")])
-                    return
+                slot = self.slots.get(node.id)
+                if not slot.take():
+                    try:
+                        await slot.wait(self.slots.timeout, node.id)
+                    except PoolExhausted:
+                        await _plain(send, *POOL_EXHAUSTED, extra=[(b"retry-after", b"1")])
+                        return
                 try:
                     try:
                         response = await self.transport.send(request)
@@ -402,21 +409,63 @@ class _PeerSlots:
     def __init__(self, size: int, timeout: float) -> None:
         self.size = size
         self.timeout = timeout
-        self._semaphores: dict[tuple[int, str], asyncio.Semaphore] = {}
+        self._slots: dict[tuple[int, str], _Slots] = {}
 
-    async def acquire(self, node_id: str) -> asyncio.Semaphore:
+    def get(self, node_id: str) -> _Slots:
         key = (id(asyncio.get_running_loop()), node_id)
-        semaphore = self._semaphores.get(key)
-        if semaphore is None:
-            semaphore = self._semaphores.setdefault(key, asyncio.Semaphore(self.size))
-        if semaphore.locked():
-            try:
-                await asyncio.wait_for(semaphore.acquire(), self.timeout)
-            except asyncio.TimeoutError:
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots.setdefault(key, _Slots(self.size))
+        return slots
+
+    async def acquire(self, node_id: str) -> _Slots:
+        """A slot of ``node_id``'s, waiting for one if need be (the ASGI middleware inlines this)."""
+        slots = self.get(node_id)
+        if not slots.take():
+            await slots.wait(self.timeout, node_id)
+        return slots
+
+
+class _Slots:
+    """One peer's slots on one event loop. Taking a free slot is a plain decrement (no coroutine: this is on
+    every forward); a release hands its slot straight to the oldest waiter, so waiters are served in order and a
+    newcomer cannot take a slot from under one."""
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    def take(self) -> bool:
+        if self.free and not self.waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def wait(self, timeout: float, node_id: str) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot just as the wait ended: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(waiter)
+            if isinstance(exc, asyncio.TimeoutError):
                 raise PoolExhausted(node_id) from None
-        else:
-            await semaphore.acquire()
-        return semaphore
+            raise
+
+    def release(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
 
 
 def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:

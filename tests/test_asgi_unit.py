@@ -319,6 +319,52 @@ def test_app_500_does_not_eject_but_gateway_errors_do() -> None:
     assert not mw.core.health.usable(URLS[1])
 
 
+def test_peer_slots_are_handed_over_in_order_and_never_lost() -> None:
+    """A release hands its slot to the oldest live waiter; a waiter that times out gets PoolExhausted and leaves
+    the queue; one cancelled just after being handed a slot passes it on, so the count never leaks."""
+    from affinity_mw.asgi import _PeerSlots
+    from affinity_mw.forward import PoolExhausted
+
+    async def scenario() -> list[str]:
+        slots = _PeerSlots(2, 0.05).get("peer")
+        events: list[str] = []
+        assert slots.take() and slots.take() and not slots.take()
+
+        async def waiter(name: str, timeout: float) -> None:
+            try:
+                await slots.wait(timeout, "peer")
+                events.append(f"{name} got a slot")
+            except PoolExhausted:
+                events.append(f"{name} timed out")
+
+        late = asyncio.ensure_future(waiter("late", 0.01))
+        first = asyncio.ensure_future(waiter("first", 5))
+        second = asyncio.ensure_future(waiter("second", 5))
+        await asyncio.sleep(0.05)  # "late" times out and leaves the queue
+        assert not slots.take()  # waiters queue: a newcomer cannot jump them
+        slots.release()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        second.cancel()  # cancelled while waiting: leaves the queue, takes nothing
+        await asyncio.gather(late, first, second, return_exceptions=True)
+        slots.release()  # first's slot: nobody waits, so it is free again
+        slots.release()  # the other original holder's
+        assert slots.free == 2 and not slots.waiters
+        # Handed a slot and cancelled in the same turn: the slot goes back, it is not lost.
+        assert slots.take() and slots.take()
+        third = asyncio.ensure_future(slots.wait(5, "peer"))
+        await asyncio.sleep(0)
+        slots.release()
+        third.cancel()
+        (outcome,) = await asyncio.gather(third, return_exceptions=True)
+        if not isinstance(outcome, BaseException):
+            slots.release()  # Python 3.11's wait_for returns a result it already had, swallowing the cancel
+        assert slots.free == 1 and not slots.waiters
+        return events
+
+    assert asyncio.run(scenario()) == ["late timed out", "first got a slot"]
+
+
 def test_pool_exhaustion_is_a_fast_503_with_retry_after() -> None:
     tenant = owned_by(URLS[1])
 

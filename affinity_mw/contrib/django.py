@@ -44,6 +44,7 @@ from django.http.response import ResponseHeaders
 from django.utils.module_loading import import_string
 
 from ..asgi import _PeerSlots as _AsyncPeerSlots
+from ..asgi import _Slots
 from ..config import OPTIONS, ConfigurationError, Settings
 from ..core import DRAINING, NO_KEY_REJECTED, SERVED_BY_HEADER, AffinityCore
 from ..forward import (
@@ -506,10 +507,10 @@ class _AsyncRelay:
 
     __slots__ = ("_length", "_loop", "_response", "_slot")
 
-    def __init__(self, response: UpstreamResponse, length: int | None, slot: asyncio.Semaphore) -> None:
+    def __init__(self, response: UpstreamResponse, length: int | None, slot: _Slots) -> None:
         self._response = response
         self._length = length
-        self._slot: asyncio.Semaphore | None = slot
+        self._slot: _Slots | None = slot
         self._loop = asyncio.get_running_loop()
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -543,7 +544,7 @@ class _AsyncRelay:
 _discarding: set[asyncio.Future[None]] = set()
 
 
-def _discard(response: UpstreamResponse, slot: asyncio.Semaphore) -> None:
+def _discard(response: UpstreamResponse, slot: _Slots) -> None:
     slot.release()
     task = asyncio.ensure_future(response.aclose(reusable=False))
     _discarding.add(task)
