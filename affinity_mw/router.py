@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 from .health import PeerHealth
-from .hop import HopMarker, HopSigner
+from .hop import INTERNAL_SPELLINGS, HopMarker, HopSigner
 from .keys import Extractor, plain_header_name
 from .request import RequestView
 from .ring import Node, Ring, hash_key
@@ -156,6 +156,15 @@ class Router:
         self._hashes: dict[str, int] = {}
         self._cache = _LocalCache(None, None)
         self.header_key = plain_header_name(extractor)
+        # On a hop the adapters restore the request before routing it; a key header that restoring cannot change
+        # (not internal, not an X-Forwarded-* the forwarder may have added) can be read from their first scan.
+        self.hop_header_key = (
+            self.header_key
+            if self.header_key is not None
+            and self.header_key[:11] not in INTERNAL_SPELLINGS
+            and self.header_key not in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+            else None
+        )
 
     def key_from_header(self, value: bytes | str | None) -> str | None:
         """What :meth:`extract` returns for a plain ``header()`` extractor (:attr:`header_key`), given the
@@ -240,6 +249,16 @@ class Router:
             if len(cache.by_value) >= _LOCAL_CACHE_SIZE:
                 cache.by_value.clear()
             cache.by_value[value] = decision  # type: ignore[index]
+        if logger.isEnabledFor(logging.DEBUG):
+            self._log(method, path, decision)
+        return decision
+
+    def hop_by_header(self, value: bytes | str | None, marker: HopMarker, method: str, path: str) -> Decision:
+        """:meth:`decide` for a request with an authentic ``marker`` when the key is a plain header that restoring
+        the request leaves as it is (:attr:`hop_header_key`) and ``value`` is its first value: the owner's side of
+        a forward, without a view."""
+        membership = self.membership
+        decision = self._hop(membership.ring, self.key_from_header(value), marker, membership.self_id)
         if logger.isEnabledFor(logging.DEBUG):
             self._log(method, path, decision)
         return decision

@@ -123,11 +123,13 @@ class AffinityWSGIMiddleware:
             if refusal is not None:  # 431/413 before routing: the same answer whichever node owns the key
                 return _plain(start_response, *refusal)
         key_env = self._key_env
-        if key_env is not None and marker is None:
-            # The common case: a plain header key, read where WSGI keeps it.
-            decision = self.router.decide_by_header(
-                environ.get(key_env), environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "")
-            )
+        if key_env is not None:
+            # The common case: a plain header key, read where WSGI keeps it (on a hop, from the restored environ).
+            method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "")
+            if marker is None:
+                decision = self.router.decide_by_header(environ.get(key_env), method, path)
+            else:
+                decision = self.router.hop_by_header(environ.get(key_env), marker, method, path)
             if decision.action == LOCAL:
                 return self._serve_local(environ, start_response, decision)
             headers = environ_headers(environ)

@@ -7,8 +7,8 @@ event loop), and the same app bare; both run under ``valgrind --tool=cachegrind 
 
 * ``asgi-local``: a GET whose ``X-Tenant`` this node owns, with wrk's two headers (what ``http_bench.py`` sends);
 * ``asgi-local-browser``: the same with a browser's twelve headers;
-* ``asgi-hop``: the owner's side of a forward, a GET carrying a valid hop marker and the three
-  ``X-Forwarded-*`` headers the forwarder added;
+* ``asgi-hop``: the owner's side of a forward, a GET carrying a valid hop marker (and, as by default, no
+  ``X-Forwarded-*`` added by the forwarder);
 * ``asgi-forward``: the forwarding node's side of a forward (decision, marker, the built-in asyncio client, the
   relay), to a real owner: a bare uvicorn server on 127.0.0.2 that this process starts (natively, not counted);
   driven one request at a time by an event loop, so the loop's own work is in the count, and it depends a little
@@ -57,13 +57,13 @@ def child(case: str, calls: int, bare: bool) -> None:
     tenant = next(t for t in (f"tenant-{i:04d}" for i in range(9999)) if ring.owner_of(t).id == self_url)  # type: ignore[union-attr]
     signer = HopSigner("s" * 32)
     marker = {"sender": PEERS[0], "key_hash": hash_key(tenant), "ring_checksum": ring.checksum}
-    token = signer.sign(**marker, client=("127.0.0.1", 40000), added="fph")  # type: ignore[arg-type]
+    token = signer.sign(**marker, client=("127.0.0.1", 40000))  # type: ignore[arg-type]
     if case in ("sign", "verify"):
         for _ in range(calls):
             if bare:
                 pass
             elif case == "sign":
-                signer.sign(**marker, client=("127.0.0.1", 40000), added="fph")  # type: ignore[arg-type]
+                signer.sign(**marker, client=("127.0.0.1", 40000))  # type: ignore[arg-type]
             else:
                 signer.verify(token)
         return
@@ -87,13 +87,7 @@ def child(case: str, calls: int, bare: bool) -> None:
         return
     scope = scope_for(tenant, browser=case == "asgi-local-browser")
     if case == "asgi-hop":
-        scope["headers"] = [
-            *scope["headers"],
-            (b"x-forwarded-for", b"127.0.0.1"),
-            (b"x-forwarded-proto", b"http"),
-            (b"x-forwarded-host", b"127.0.0.1:8000"),
-            (b"x-affinity-hop", token),
-        ]
+        scope["headers"] = [*scope["headers"], (b"x-affinity-hop", token)]  # what a forward carries by default
     app = noop_app if bare else AffinityMiddleware(noop_app)
     for _ in range(calls):
         coro = app(dict(scope), None, None)  # type: ignore[arg-type]

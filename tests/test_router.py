@@ -178,6 +178,38 @@ def test_decide_by_header_is_decide_with_a_header_view(raw: bytes | str | None) 
         assert fast.counters == general.counters
 
 
+@pytest.mark.parametrize("raw", [None, b"", b" t1 ", b"t1", b"caf\xe9", b"x" * 1025, "t1", "caf\xe9"])
+def test_hop_by_header_is_decide_with_a_marker(raw: bytes | str | None) -> None:
+    """The owner's fast path for a hop decides what the general path decides, counters included, for a key
+    that matches the marker's and one that does not."""
+    for self_url in URLS:
+        fast, general = router(self_url), router(self_url)
+        for marked in ("t1", "other"):
+            marker = SIGNER.verify(SIGNER.sign(sender=URLS[2], key_hash=hash_key(marked), ring_checksum="x"))
+            assert marker is not None
+            as_bytes = raw.encode("latin-1") if isinstance(raw, str) else raw
+            headers = [(b"x-tenant", as_bytes)] if as_bytes is not None else []
+            want = general.decide(RequestView("GET", "/", b"", headers, "127.0.0.9"), marker)
+            got = fast.hop_by_header(raw, marker, "GET", "/")
+            assert (got.action, got.reason, got.key, got.key_hash, got.owner, got.skew, got.marker) == (
+                want.action,
+                want.reason,
+                want.key,
+                want.key_hash,
+                want.owner,
+                want.skew,
+                want.marker,
+            )
+        assert fast.counters == general.counters
+
+
+def test_hop_fast_path_only_for_key_headers_a_restore_leaves_alone() -> None:
+    assert router().hop_header_key == b"x-tenant"
+    for name in ("X-Forwarded-For", "X-Forwarded-Host", "X-Affinity-Tenant"):
+        r = Router(membership=StaticMembership(URLS, URLS[0]), extractor=keys.header(name), signer=SIGNER)
+        assert r.header_key == name.lower().encode() and r.hop_header_key is None
+
+
 def test_decision_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     from affinity_mw import router as router_module
 
