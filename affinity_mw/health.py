@@ -64,9 +64,12 @@ class PeerHealth:
             return True
         now = self.clock()
         if now >= self._last_expiry:
-            # Every ejection has run out: back to the one-attribute fast path for the router.
-            self.any_ejected = False
-            return True
+            with self._lock:
+                # Every ejection has run out: back to the one-attribute fast path for the router. Re-checked
+                # under the lock: a thread ejecting a peer at this moment must not see its flag cleared.
+                if now >= self._last_expiry:
+                    self.any_ejected = False
+                    return True
         peer = self._peers.get(node_id)
         return peer is None or peer.ejected_until <= now
 
