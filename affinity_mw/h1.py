@@ -53,6 +53,7 @@ class _Connection(asyncio.Protocol):
         "_timeout",
         "_timer",
         "_waiter",
+        "armed",
         "buf",
         "busy",
         "eof",
@@ -76,6 +77,7 @@ class _Connection(asyncio.Protocol):
         self.error: BaseException | None = None
         self.head_phase = False
         self.busy = True
+        self.armed = False
         self.received = False
         self.paused = False
         self.write_paused = False
@@ -176,6 +178,7 @@ class _Connection(asyncio.Protocol):
         """
         self._timeout = timeout
         self._last_data = now = self.loop.time()
+        self.armed = True
         timer = self._timer
         if timer is not None:
             if timer.when() <= now + timeout:
@@ -187,8 +190,10 @@ class _Connection(asyncio.Protocol):
         self._last_data = self.loop.time()
 
     def _check_silence(self) -> None:
-        if not self.busy:
-            self._timer = None  # idle in the pool: nothing to time until the next exchange arms it again
+        if not self.armed:
+            # Idle in the pool, or taken for a request that is still waiting for its client's first body bytes:
+            # nothing of the peer's to time until the next exchange arms it again.
+            self._timer = None
             return
         now = self.loop.time()
         if self.paused or self.waiting_client:
@@ -210,7 +215,8 @@ class _Connection(asyncio.Protocol):
             self._timer = None
 
     def release(self) -> None:
-        # The silence timer stays: it finds the connection idle and lapses, or the next exchange re-arms it.
+        # The silence timer stays: it finds the connection disarmed and lapses, or the next exchange re-arms it.
+        self.armed = False
         self.busy = False
         self.idle_since = self.loop.time()
 

@@ -497,6 +497,46 @@ def test_late_first_body_bytes_never_meet_a_connection_closed_meanwhile() -> Non
     run(main())
 
 
+def test_a_pooled_connections_timer_never_times_the_wait_for_a_client() -> None:
+    """A connection's silence timer outlives its exchange (one timer per connection); a request that takes the
+    connection from the pool and then waits for its client's first body bytes must not be aborted by it."""
+
+    async def late() -> AsyncIterator[bytes]:
+        await asyncio.sleep(0.6)  # longer than the silence allowed
+        yield b"hi"
+
+    async def main() -> None:
+        async with serve(keep_alive(OK, OK)) as (server, base):
+            t = AsyncioTransport(keepalive=5, read_timeout=0.3)
+            assert (await fetch(t, base))[:2] == (200, b"ok")
+            assert (await fetch(t, base, "POST", body=late(), content_length=2))[:2] == (200, b"ok")
+            assert server.connections == 1  # the pooled connection was kept, not aborted and replaced
+            await t.aclose()
+
+    run(main())
+
+
+def test_a_shorter_timeout_on_a_reused_connection_is_not_stretched_by_its_timer() -> None:
+    async def answer_once_then_hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await reader.read()
+
+    async def main() -> None:
+        async with serve(answer_once_then_hang) as (server, base):
+            t = AsyncioTransport(keepalive=5, read_timeout=30)
+            assert (await fetch(t, base))[:2] == (200, b"ok")  # arms the connection's timer for 30 s
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(UpstreamTimeout):
+                await t.send(UpstreamRequest("GET", base, "/p", [(b"host", b"app")], read_timeout=0.3))
+            assert 0.25 < loop.time() - started < 2 and server.connections == 1
+            await t.aclose()
+
+    run(main())
+
+
 def test_body_not_matching_its_content_length_is_never_sent_as_complete() -> None:
     async def main() -> None:
         async with serve(keep_alive(OK, OK, OK)) as (_, base):
