@@ -428,8 +428,9 @@ class _PeerSlots:
 
 class _Slots:
     """One peer's slots on one event loop. Taking a free slot is a plain decrement (no coroutine: this is on
-    every forward); a release hands its slot straight to the oldest waiter, so waiters are served in order and a
-    newcomer cannot take a slot from under one."""
+    every forward). A release hands its slot straight to the oldest waiting forward, so a newcomer cannot take it
+    from under one; a waiter that gives up (its wait timed out, or its task was cancelled) leaves the queue, and
+    one cancelled just after it was handed a slot passes the slot on."""
 
     __slots__ = ("free", "waiters")
 
@@ -444,19 +445,24 @@ class _Slots:
         return False
 
     async def wait(self, timeout: float, node_id: str) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A timer that fails the waiter rather than asyncio.wait_for: whichever of a hand-over and the timeout
+        # comes first wins, the same on every Python version (wait_for's answer to a tie differs between 3.11
+        # and 3.12), and no task is made per wait.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self.waiters.append(waiter)
+        timer = loop.call_later(timeout, _expire, waiter, node_id)
         try:
-            await asyncio.wait_for(waiter, timeout)
-        except BaseException as exc:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # handed a slot just as the wait ended: pass it on
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release()  # handed a slot just as this task was cancelled: pass it on
             else:
                 with contextlib.suppress(ValueError):
                     self.waiters.remove(waiter)
-            if isinstance(exc, asyncio.TimeoutError):
-                raise PoolExhausted(node_id) from None
             raise
+        finally:
+            timer.cancel()
 
     def release(self) -> None:
         waiters = self.waiters
@@ -466,6 +472,11 @@ class _Slots:
                 waiter.set_result(None)
                 return
         self.free += 1
+
+
+def _expire(waiter: asyncio.Future[None], node_id: str) -> None:
+    if not waiter.done():
+        waiter.set_exception(PoolExhausted(node_id))
 
 
 def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:

@@ -4,6 +4,7 @@ test_cluster_asgi.py against real uvicorn nodes)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -357,12 +358,58 @@ def test_peer_slots_are_handed_over_in_order_and_never_lost() -> None:
         slots.release()
         third.cancel()
         (outcome,) = await asyncio.gather(third, return_exceptions=True)
-        if not isinstance(outcome, BaseException):
-            slots.release()  # Python 3.11's wait_for returns a result it already had, swallowing the cancel
+        assert isinstance(outcome, asyncio.CancelledError)
         assert slots.free == 1 and not slots.waiters
+        # A hand-over and the timeout due in the same turn: whichever the loop runs first wins, on every version.
+        fourth = asyncio.ensure_future(slots.wait(0.01, "peer"))
+        await asyncio.sleep(0)
+        time.sleep(0.03)  # the loop is busy: the timeout is overdue when the release comes
+        slots.release()
+        await asyncio.gather(fourth, return_exceptions=True)
+        assert fourth.exception() is None  # handed over before the overdue timer ran: the waiter has the slot
+        slots.release()  # the fourth's; ours went to it
+        assert slots.free == 2 and not slots.waiters
         return events
 
     assert asyncio.run(scenario()) == ["late timed out", "first got a slot"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_peer_slots_never_exceed_their_size_or_leak_under_timeouts_and_cancels(seed: int) -> None:
+    import random
+
+    from affinity_mw.asgi import _PeerSlots
+    from affinity_mw.forward import PoolExhausted
+
+    rng = random.Random(seed)
+
+    async def scenario() -> None:
+        slots = _PeerSlots(3, 0.02).get("peer")
+        holding = [0]
+        peak = [0]
+
+        async def forward() -> None:
+            if not slots.take():
+                try:
+                    await slots.wait(rng.choice([0.001, 0.01, 0.05]), "peer")
+                except PoolExhausted:
+                    return
+            holding[0] += 1
+            peak[0] = max(peak[0], holding[0])
+            try:
+                await asyncio.sleep(rng.choice([0, 0.001, 0.005]))
+            finally:
+                holding[0] -= 1
+                slots.release()
+
+        tasks = [asyncio.ensure_future(forward()) for _ in range(200)]
+        for task in rng.sample(tasks, 40):
+            await asyncio.sleep(rng.choice([0, 0.001]))
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert slots.free == 3 and not slots.waiters and holding[0] == 0 and peak[0] == 3
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
 
 
 def test_pool_exhaustion_is_a_fast_503_with_retry_after() -> None:
