@@ -114,3 +114,21 @@ def test_tokens_are_itsdangerous_signer_tokens_byte_for_byte() -> None:
     assert HopSigner(keys[0]).verify(token) is None  # signed with the new key: unknown to a node with the old only
     for bad in (token[:-1], token + b"A", token.replace(b".", b"!"), b"", b".", b"\xff." + token, token.decode()[:-2]):
         assert ours.verify(bad) is None
+
+
+def test_tokens_are_the_same_through_the_python_hmac_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``HopSigner`` MACs through the C state under ``hmac.HMAC`` where CPython has one; without it (another
+    Python, or a future CPython) it falls back to ``hmac.HMAC`` itself, which must give the same tokens."""
+    import hmac
+
+    from affinity_mw import hop
+
+    fields = {"sender": "http://a:1", "key_hash": 7, "ring_checksum": "c|%", "client": ("fe80::1%eth0", 9)}
+    monkeypatch.setattr(hop.time, "time", lambda: 1_800_000_000.5)
+    fast = HopSigner(["old", "new"])
+    monkeypatch.setattr(hop, "_keyed", lambda key: hmac.new(key, digestmod="sha256"))
+    fallback = HopSigner(["old", "new"])
+    assert type(fast._signing) is not hmac.HMAC and type(fallback._signing) is hmac.HMAC
+    token = fast.sign(**fields)  # type: ignore[arg-type]
+    assert fallback.sign(**fields) == token  # type: ignore[arg-type]
+    assert fast.verify(token) is not None and fallback.verify(token) is not None
