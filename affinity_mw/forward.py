@@ -216,6 +216,11 @@ def request_headers(
     return out, added
 
 
+# The headers :func:`restore_forwarded` may change besides our internal ones: a key read from any other header is
+# the same before and after restoring (the router relies on this for its fast path on a hop).
+RESTORED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+
+
 def restore_forwarded(headers: Sequence[tuple[bytes, bytes]], added: str) -> Headers:
     """Undo what :func:`request_headers` added, and drop internal headers, for the owner's app."""
     out: Headers = []
@@ -244,7 +249,7 @@ def lowered_response_headers(items: list[tuple[bytes, bytes]]) -> Headers:
     """:func:`response_headers` for a client that lower-cased the names as it parsed them."""
     drop = _NOT_COPIED_DOWN
     for name, value in items:
-        if name == b"connection":  # names are lower-cased above: no need for _connection_tokens' own lower()
+        if name == b"connection":  # names are lower-case already: no need for _connection_tokens' own lower()
             drop = drop | _tokens(value)
     return [(name, value) for name, value in items if name not in drop]
 

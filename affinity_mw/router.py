@@ -11,6 +11,7 @@ import logging
 from collections import Counter
 from typing import Any
 
+from .forward import RESTORED_HEADERS
 from .health import PeerHealth
 from .hop import INTERNAL_SPELLINGS, HopMarker, HopSigner
 from .keys import Extractor, plain_header_name
@@ -162,7 +163,7 @@ class Router:
             self.header_key
             if self.header_key is not None
             and self.header_key[:11] not in INTERNAL_SPELLINGS
-            and self.header_key not in (b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+            and self.header_key not in RESTORED_HEADERS
             else None
         )
 
