@@ -13,44 +13,15 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlsplit
 
+from ._addresses import normalize_url
 from .keys import Extractor, KeyOptions, from_spec
 
-__all__ = ["OPTIONS", "ConfigurationError", "Option", "Settings", "member_ids", "normalize_url"]
+__all__ = ["OPTIONS", "ConfigurationError", "Option", "Settings", "member_ids"]
 
 
 class ConfigurationError(ValueError):
     """A setting is missing, malformed or inconsistent; raised at start-up, never per request."""
-
-
-def normalize_url(url: str) -> str:
-    """Canonical form of a node's base URL, so ``HTTP://Host:80/`` and ``http://host`` are the same node.
-
-    Every node must derive the same ring from the same list, so spelling differences must not create different
-    node ids. Only a scheme, a host and a port are allowed: a path, query or credentials in a peer URL is almost
-    always a copy-paste mistake, and silently dropping it would route to the wrong place.
-    """
-    raw = url.strip()
-    try:
-        parts = urlsplit(raw)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"Peer URL {url!r} is malformed: {exc}.") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"Peer URL {url!r} must start with http:// or https://.")
-    if not parts.hostname:
-        raise ValueError(f"Peer URL {url!r} has no host.")
-    if parts.username or parts.password:
-        raise ValueError(f"Peer URL {url!r} must not carry credentials.")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"Peer URL {url!r} must be a base URL (scheme, host and port only, no path or query).")
-    host = parts.hostname.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    default_port = 443 if parts.scheme == "https" else 80
-    port = default_port if port is None else port
-    return f"{parts.scheme}://{host}:{port}"
 
 
 def member_ids(peers: Iterable[str], self_url: str | None) -> tuple[list[str], str | None]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .config import Settings, member_ids, normalize_url
+from ._addresses import normalize_url
+from .config import Settings, member_ids
 from .ring import DEFAULT_ALGORITHM, Node, build_ring
 
 __all__ = ["StaticMembership", "membership_from_settings", "normalize_url"]
