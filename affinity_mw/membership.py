@@ -10,13 +10,11 @@ reference, so a request finishes on the ring it started with and the hot path ta
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._addresses import normalize_url
+from .config import Settings, member_ids
 from .ring import DEFAULT_ALGORITHM, Node, build_ring
-
-if TYPE_CHECKING:
-    from .config import Settings
 
 __all__ = ["StaticMembership", "membership_from_settings", "normalize_url"]
 
@@ -37,23 +35,8 @@ class StaticMembership:
         vnodes: int = 160,
         algorithm: str = DEFAULT_ALGORITHM,
     ) -> None:
-        seen: dict[str, str] = {}
-        nodes: list[Node] = []
-        for raw in peers:
-            url = normalize_url(raw)
-            if url in seen:
-                raise ValueError(f"Peer {raw!r} is listed twice (as {seen[url]!r} and {raw!r}).")
-            seen[url] = raw
-            nodes.append(Node(id=url, address=url))
-        self_id: str | None = None
-        if self_url is not None:
-            self_id = normalize_url(self_url)
-            if nodes and self_id not in seen:
-                raise ValueError(
-                    f"This node ({self_url!r}, AFFINITY_SELF) is not one of the peers ({', '.join(seen.values())})."
-                )
-        elif len(nodes) == 1:
-            self_id = nodes[0].id
+        ids, self_id = member_ids(peers, self_url)
+        nodes = [Node(id=url, address=url) for url in ids]
         self.self_id = self_id
         self.ring = build_ring(nodes, algorithm, vnodes=vnodes)
 
