@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from itsdangerous import URLSafeTimedSerializer
 
 from ..request import RequestView
-from ._base import _cookie_name, _Extractor, _log
-from ._verified import _signing_setup
+from ._base import _cookie_name, _Extractor
+from ._verified import _signed_payload, _signing_setup
 
 SALT = "affinity-mw.generated-cookie"
 """The itsdangerous salt: a value signed for another purpose under the same secret is never accepted here."""
@@ -82,16 +82,7 @@ class GeneratedCookie(_Extractor):
         )
 
     def __call__(self, req: RequestView) -> str | None:
-        value = req.cookies.get(self.name)
-        if not value:
-            return None
-        try:
-            key = self._serializer.loads(value, max_age=self._max_age)
-        except Exception as exc:
-            # BadSignature, SignatureExpired and BadPayload are the expected failures; anything else on client
-            # input still means "no key" (and a fresh cookie).
-            _log.debug("Generated affinity cookie rejected: %s", type(exc).__name__)
-            return None
+        key = _signed_payload(req, self.name, self._serializer, self._max_age)
         if not isinstance(key, str) or not key or len(key) > _MAX_KEY:
             return None
         return key

@@ -374,6 +374,20 @@ def _signing_setup(
     return keys
 
 
+def _signed_payload(req: RequestView, cookie: str, serializer: URLSafeTimedSerializer, max_age: int) -> object:
+    """The payload of a signed cookie, or ``None`` when the cookie is missing, forged, expired or unreadable."""
+    value = req.cookies.get(cookie)
+    if not value:
+        return None
+    try:
+        return serializer.loads(value, max_age=max_age)
+    except Exception as exc:
+        # BadSignature, SignatureExpired and BadPayload are the expected failures; anything else on attacker
+        # input still means "no verified key".
+        _log.debug("Signed cookie %r rejected for affinity key: %s", cookie, type(exc).__name__)
+        return None
+
+
 class _SignedCookie(_Extractor):
     __slots__ = ("_cookie", "_field", "_max_age", "_serializer")
 
@@ -402,16 +416,7 @@ class _SignedCookie(_Extractor):
         )
 
     def __call__(self, req: RequestView) -> str | None:
-        value = req.cookies.get(self._cookie)
-        if not value:
-            return None
-        try:
-            data = self._serializer.loads(value, max_age=self._max_age)
-        except Exception as exc:
-            # BadSignature, SignatureExpired and BadPayload are the expected failures; anything else on
-            # attacker input still means "no verified key".
-            _log.debug("Signed cookie rejected for affinity key: %s", type(exc).__name__)
-            return None
+        data = _signed_payload(req, self._cookie, self._serializer, self._max_age)
         if not isinstance(data, dict):
             return None
         return _scalar_key(data.get(self._field))
