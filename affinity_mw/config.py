@@ -399,7 +399,7 @@ class Settings:
     jwt_issuer: str | None = None
     jwt_from: str = "header:Authorization"
     jwt_leeway: float = 0.0
-    cookie_secret: tuple[str, ...] = ()
+    cookie_secret: tuple[str | bytes, ...] = ()
     cookie_salt: str = "cookie-session"
     cookie_max_age: int = 31 * 24 * 3600
     extractor: Extractor | None = field(default=None, compare=False, repr=False)

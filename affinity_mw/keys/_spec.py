@@ -71,7 +71,7 @@ class KeyOptions:
     jwt_issuer: str | None = None
     jwt_from: str = "header:Authorization"
     jwt_leeway: float = 0.0
-    cookie_secret: tuple[str, ...] = ()
+    cookie_secret: tuple[str | bytes, ...] = ()
     cookie_salt: str = "cookie-session"
     cookie_max_age: int = 31 * 24 * 3600
     trusted_proxies: int = 0

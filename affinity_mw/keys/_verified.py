@@ -18,12 +18,11 @@ from ..request import RequestView
 from ._base import Extractor, _cookie_name, _Extractor, _header_name, _log, _nonempty_str, _scalar_key
 
 if TYPE_CHECKING:
-    from jwt import PyJWKClient
     from jwt.types import Options as _JwtOptions
 
+    from ._jwks import JwksKeys
+
 _HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
-_JWKS_TIMEOUT = 5.0
-_JWKS_LIFESPAN = 300.0
 
 
 def _import_jwt() -> Any:
@@ -137,7 +136,7 @@ class _JwtClaim(_Extractor):
     )
 
     _key: Any
-    _jwks: PyJWKClient | None
+    _jwks: JwksKeys | None
     _options: _JwtOptions
 
     def __init__(
@@ -195,14 +194,15 @@ class _JwtClaim(_Extractor):
                     "A JWKS URL publishes public keys, so it cannot be used with HMAC (HS*) algorithms; "
                     "configure RS*, PS*, ES* or EdDSA, or give the HMAC secret itself."
                 )
-            desc = f"<JWKS {_public_url(text.strip())}>"
+            from ._jwks import FETCH_TIMEOUT, JwksKeys
+
+            url = _public_url(text.strip())
             try:
-                self._jwks = jwt.PyJWKClient(
-                    text.strip(), cache_jwk_set=True, lifespan=_JWKS_LIFESPAN, timeout=_JWKS_TIMEOUT
-                )
+                client = jwt.PyJWKClient(text.strip(), cache_jwk_set=False, cache_keys=False, timeout=FETCH_TIMEOUT)
             except jwt.PyJWKClientError as exc:
                 raise ValueError(f"The JWKS URL {text!r} is not usable: {exc}.") from exc
-            return desc
+            self._jwks = JwksKeys(client, url)
+            return f"<JWKS {url}>"
         if "PRIVATE KEY" in text:
             raise ValueError(
                 "The JWT key is a private key; give the public key (or a JWKS URL). Verifying needs only the "
@@ -280,13 +280,15 @@ class _JwtClaim(_Extractor):
             return None
         return _scalar_key(payload.get(self._claim))
 
-    def _jwks_key(self, jwks: PyJWKClient, token: str) -> Any:
-        # Refuse a token whose algorithm is not configured before any network I/O, so garbage cannot make this
-        # node fetch the key set.
-        if self._unverified_header(token).get("alg") not in self._algorithms:
+    def _jwks_key(self, jwks: JwksKeys, token: str) -> Any:
+        # Refuse a token whose algorithm is not configured, or that names no key, before asking for keys, so
+        # garbage cannot make this node refresh the key set.
+        header = self._unverified_header(token)
+        kid = header.get("kid")
+        if header.get("alg") not in self._algorithms or not isinstance(kid, str) or not kid:
             return None
-        signing_key = jwks.get_signing_key_from_jwt(token)
-        if signing_key.algorithm_name not in self._algorithms:
+        signing_key = jwks.get(kid)
+        if signing_key is None or signing_key.algorithm_name not in self._algorithms:
             return None
         return signing_key
 
@@ -322,10 +324,12 @@ def jwt_claim(
         *   a PEM public key (``-----BEGIN PUBLIC KEY-----``) for RS*, PS*, ES* or EdDSA. Private keys are
             refused: verifying needs only the public half;
         *   a JWKS URL (``https://issuer.example.com/.well-known/jwks.json``). The signing key is chosen by
-            the token's ``kid``. The key set is fetched on first use, **which blocks the calling thread** (up
-            to 5 seconds, also inside an event loop), then cached for 5 minutes; an unknown ``kid`` triggers
-            at most one refresh per 30 seconds, so made-up ``kid`` values cannot flood the issuer. Use
-            ``https`` outside tests.
+            the token's ``kid``. The key set is fetched on a background thread, never on a request's path:
+            first when this source is built, then every 5 minutes, and when a token names an unknown ``kid``
+            (at most once per 30 seconds, and never two fetches at once, so made-up ``kid`` values cannot
+            flood the issuer). Until the first fetch succeeds, and for a ``kid`` not yet fetched, a token
+            gives no key; a failed fetch keeps the last good keys and is retried after 1 s, doubling up to
+            30 s. A hung issuer therefore delays no request. Use ``https`` outside tests.
 
     :param algorithms: the accepted algorithms, required and never guessed from the token (``alg`` is chosen
         by whoever made the token). ``none`` is refused, and HMAC may not be mixed with public-key algorithms:
