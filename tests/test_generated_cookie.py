@@ -121,3 +121,36 @@ def test_a_minted_key_in_the_cookie_is_owned_by_the_issuing_node() -> None:
         issued = source.set_cookie(mint_key(ring, node.id), https=False)
         key = source(request_with(returned(issued)))
         assert key is not None and ring.owner_of(key) == node
+
+
+def test_settings_from_the_environment() -> None:
+    from affinity_mw.config import ConfigurationError, Settings
+
+    environ = {
+        "AFFINITY_KEY": "generated-cookie:aff",
+        "AFFINITY_SECRET": SECRET,
+        "AFFINITY_GENERATED_COOKIE_MAX_AGE": "3600",
+        "AFFINITY_GENERATED_COOKIE_SAMESITE": "None",
+        "AFFINITY_GENERATED_COOKIE_HTTPONLY": "0",
+        "AFFINITY_GENERATED_COOKIE_PATH": "/app",
+        "AFFINITY_GENERATED_COOKIE_DOMAIN": "example.com",
+    }
+    settings = Settings.load(environ=environ)
+    assert settings.extractor is not None
+    source = generating_cookie(settings.extractor)
+    assert source is not None
+    assert attributes(source.set_cookie("k", https=False)) == [
+        "Max-Age=3600", "Path=/app", "Domain=example.com", "SameSite=None", "Secure",
+    ]  # fmt: skip
+    with pytest.raises(ConfigurationError, match="needs Secure"):
+        Settings.load(environ={**environ, "AFFINITY_GENERATED_COOKIE_SECURE": "0"})
+    with pytest.raises(ConfigurationError, match="AFFINITY_GENERATED_COOKIE_SAMESITE"):
+        Settings.load(environ={**environ, "AFFINITY_GENERATED_COOKIE_SAMESITE": "sometimes"})
+    with pytest.raises(ConfigurationError, match="AFFINITY_GENERATED_COOKIE_MAX_AGE"):
+        Settings.load(environ={**environ, "AFFINITY_GENERATED_COOKIE_MAX_AGE": "0"})
+    auto = Settings.load(environ={**environ, "AFFINITY_GENERATED_COOKIE_SAMESITE": "lax"})
+    assert auto.extractor is not None
+    auto_source = generating_cookie(auto.extractor)
+    assert auto_source is not None
+    assert "Secure" not in attributes(auto_source.set_cookie("k", https=False))
+    assert "Secure" in attributes(auto_source.set_cookie("k", https=True))
