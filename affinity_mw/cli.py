@@ -215,17 +215,46 @@ def cmd_drain(args: argparse.Namespace) -> int:
     """Start (or with --undo stop) draining a node: what a Kubernetes preStop hook runs inside the pod."""
     import urllib3
 
-    from .introspect import AUTH_HEADER, sign_request
+    from .introspect import AUTH_HEADER, sign_drain
 
     secret = args.secret or os.environ.get("AFFINITY_SECRET", "")
     if not secret:
         raise SystemExit("affinity-mw drain: the request must be signed: set AFFINITY_SECRET or pass --secret")
-    auth = sign_request([s.strip() for s in secret.split(",") if s.strip()])
-    path = os.environ.get("AFFINITY_HEALTH_PATH", "/_affinity/health").rstrip("/") + "/drain"
+    keys = [s.strip() for s in secret.split(",") if s.strip()]
+    base = args.url.rstrip("/")
+    path = os.environ.get("AFFINITY_HEALTH_PATH", "/_affinity/health").rstrip("/")
     http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=5), retries=False)
-    r = http.request("DELETE" if args.undo else "POST", args.url.rstrip("/") + path, headers={AUTH_HEADER: auth})
+    try:
+        # The signature names the node it drains, so a token captured on its way cannot drain another node.
+        node = normalize_url(args.node) if args.node else _node_id(http, base + path, keys)
+        auth = sign_drain(keys, node, undo=args.undo)
+        r = http.request("DELETE" if args.undo else "POST", base + path + "/drain", headers={AUTH_HEADER: auth})
+    except urllib3.exceptions.HTTPError as exc:
+        raise SystemExit(f"affinity-mw drain: {base} did not answer: {exc}") from None
     print(r.data.decode("utf-8", "replace").strip())
     return 0 if r.status == 200 else 1
+
+
+def _node_id(http: Any, health_url: str, keys: list[str]) -> str | None:
+    """The member id of the node at *health_url*, as its health path tells a signed reader (``None``: the node
+    is not a member); ``AFFINITY_SELF`` when the node does not say (introspection off)."""
+    from .introspect import AUTH_HEADER, sign_request
+
+    r = http.request("GET", health_url, headers={AUTH_HEADER: sign_request(keys), "Accept": "application/json"})
+    try:
+        data = json.loads(r.data)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and "node" in data:
+        node = data["node"]
+        return node if isinstance(node, str) else None
+    self_url = os.environ.get("AFFINITY_SELF", "").strip()
+    if self_url:
+        return normalize_url(self_url)
+    raise SystemExit(
+        f"affinity-mw drain: {health_url} did not tell this node's id (AFFINITY_INTROSPECTION off?); "
+        "pass --node URL (the node's member id) or set AFFINITY_SELF"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -284,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", nargs="?", default="http://127.0.0.1:8000", help="the node (default: %(default)s)")
     p.add_argument("--undo", action="store_true", help="stop draining")
     p.add_argument("--secret", help="cluster secret to sign the request (default: AFFINITY_SECRET)")
+    p.add_argument("--node", help="the member id of the node to drain (default: asked from the node at URL)")
     p.set_defaults(func=cmd_drain)
     p = sub.add_parser("demo", help="run a local cluster, kill a node, add a node (bounded, stops everything)")
     p.add_argument("--short", action="store_true", help="fewer requests, assert the results (for CI)")

@@ -9,10 +9,16 @@ Access is limited (``AFFINITY_INTROSPECTION``): by default only requests signed 
 ``affinity-mw check`` command signs its requests) are answered; configured networks or ``on`` open it further.
 Everyone else gets the app's own answer for that path, as if it did not exist: the member list and counters are
 not for the public.
+
+Reading and draining are separate purposes, each with its own itsdangerous salt: a token that opens the status
+page (which ``affinity-mw check`` sends, possibly over plain HTTP) cannot drain a node. A drain token names the
+action (drain or undo) and the node it is for, so one captured on its way to one node neither drains another
+nor undoes a drain.
 """
 
 from __future__ import annotations
 
+import hmac
 import html
 import ipaddress
 import json
@@ -24,17 +30,43 @@ from itsdangerous import BadData, TimestampSigner
 
 from .ring import hash_key
 
-__all__ = ["AUTH_HEADER", "Introspection", "sign_request"]
+__all__ = ["AUTH_HEADER", "Introspection", "sign_drain", "sign_request"]
 
 AUTH_HEADER = "x-affinity-auth"
 _SALT = "affinity-mw.introspect.v1"
+_DRAIN_SALT = "affinity-mw.drain.v1"
+_MAX_AGE = 60
+# The action each method of the drain path performs; a token signed for one never performs the other.
+_DRAIN_ACTIONS = {"POST": "drain", "DELETE": "undrain"}
 Answer = tuple[int, bytes, str]
 
 
 def sign_request(secret_keys: str | list[str] | tuple[str, ...]) -> str:
-    """The ``X-Affinity-Auth`` value that opens the introspection path of nodes sharing this secret (60 s)."""
-    keys = [secret_keys] if isinstance(secret_keys, str) else list(secret_keys)
-    return TimestampSigner(keys, salt=_SALT).sign("introspect").decode()
+    """The ``X-Affinity-Auth`` value that opens the introspection path of nodes sharing this secret (60 s).
+
+    It only reads: the drain path refuses it (see :func:`sign_drain`).
+    """
+    return TimestampSigner(_key_list(secret_keys), salt=_SALT).sign("introspect").decode()
+
+
+def sign_drain(secret_keys: str | list[str] | tuple[str, ...], node: str | None, *, undo: bool = False) -> str:
+    """The ``X-Affinity-Auth`` value that drains (or with *undo* un-drains) the node *node* (60 s).
+
+    *node* is the member id of the node being drained (its normalized URL, what its health path reports as
+    ``node``), or ``None`` for a node that is not a member. Replayed within the minute, the token can only
+    repeat the same action on the same node.
+    """
+    action = _DRAIN_ACTIONS["DELETE" if undo else "POST"]
+    return TimestampSigner(_key_list(secret_keys), salt=_DRAIN_SALT).sign(_drain_claim(action, node)).decode()
+
+
+def _key_list(secret_keys: str | list[str] | tuple[str, ...]) -> list[str]:
+    return [secret_keys] if isinstance(secret_keys, str) else list(secret_keys)
+
+
+def _drain_claim(action: str, node: str | None) -> str:
+    # Node ids are URLs, which hold no spaces: the claim cannot be read two ways.
+    return f"{action} {node or '-'}"
 
 
 class Introspection:
@@ -47,6 +79,7 @@ class Introspection:
         self.public = "on" in parts
         self.networks = [ipaddress.ip_network(p, strict=False) for p in parts if p not in ("signed", "on", "off")]
         self._signer = TimestampSigner(list(settings.secret), salt=_SALT) if settings.secret else None
+        self._drain_signer = TimestampSigner(list(settings.secret), salt=_DRAIN_SALT) if settings.secret else None
 
     def matches(self, path: str) -> bool:
         return bool(self.path) and (path == self.path or path.startswith(self.path + "/"))
@@ -56,10 +89,23 @@ class Introspection:
         if not auth or self._signer is None:
             return False
         try:
-            self._signer.unsign(auth, max_age=60)
+            self._signer.unsign(auth, max_age=_MAX_AGE)
             return True
         except BadData:
             return False
+
+    def may_drain(self, auth: str | None, method: str, node: str | None) -> bool:
+        """True for an ``X-Affinity-Auth`` value from :func:`sign_drain` in the last 60 s, signed for this
+        *method*'s action (POST drains, DELETE undoes) on this *node* (this process's member id, ``None`` for a
+        non-member). A status-page token never drains."""
+        action = _DRAIN_ACTIONS.get(method)
+        if not auth or action is None or self._drain_signer is None:
+            return False
+        try:
+            claim = self._drain_signer.unsign(auth, max_age=_MAX_AGE)
+        except BadData:
+            return False
+        return hmac.compare_digest(claim, _drain_claim(action, node).encode())
 
     def allowed(self, client_host: str | None, auth: str | None) -> bool:
         if self.off:

@@ -4,13 +4,21 @@ and browser tests are in test_cluster_observe.py)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
+import pytest
+from cluster import SECRET as CLUSTER_SECRET
+from cluster import Cluster
 from itsdangerous import TimestampSigner
 
 from affinity_mw.core import AffinityCore
-from affinity_mw.introspect import AUTH_HEADER, render_page, sign_request
+from affinity_mw.introspect import AUTH_HEADER, render_page, sign_drain, sign_request
 from affinity_mw.membership import StaticMembership
 from affinity_mw.ring import hash_key
 
@@ -114,3 +122,97 @@ def test_unknown_subpath_and_methods() -> None:
     assert ask(c, "/_affinity/nope")[0] == 404
     assert ask(c, method="POST")[0] == 405
     assert ask(c, "/_affinityx") is None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Draining is its own purpose, bound to the node and the action
+# ----------------------------------------------------------------------------------------------------------
+
+
+def drain(c: AffinityCore, auth: str | None, method: str = "POST") -> int:
+    headers = {AUTH_HEADER: auth} if auth is not None else {}
+    return int(ask(c, "/_affinity/health/drain", headers=headers, method=method)[0])
+
+
+def test_status_token_cannot_drain() -> None:
+    c = core()
+    assert ask(c, headers={AUTH_HEADER: sign_request(SECRET)})[0] == 200  # it does open the status page
+    assert drain(c, sign_request(SECRET)) == 403
+    assert drain(c, None) == 403
+    assert not c.draining
+
+
+def test_drain_token_is_bound_to_node_and_action() -> None:
+    c = core()
+    assert drain(c, sign_drain(SECRET, URLS[1])) == 403, "signed for another node"
+    assert drain(c, sign_drain(SECRET, None)) == 403, "signed for a non-member"
+    assert drain(c, sign_drain(SECRET, URLS[0], undo=True)) == 403, "an undo token does not drain"
+    assert drain(c, sign_drain("another-secret-0123456789", URLS[0])) == 403
+    assert not c.draining
+    assert drain(c, sign_drain(SECRET, URLS[0])) == 200 and c.draining
+    assert drain(c, sign_drain(SECRET, URLS[0]), method="DELETE") == 403, "a drain token does not undo"
+    assert c.draining
+    assert drain(c, sign_drain(SECRET, URLS[0], undo=True), method="DELETE") == 200 and not c.draining
+    # A drain token opens nothing else: not the status page, not the health details.
+    assert ask(c, headers={AUTH_HEADER: sign_drain(SECRET, URLS[0])}) is None
+    stale = TimestampSigner(SECRET, salt="affinity-mw.drain.v1")
+    stale.get_timestamp = lambda: int(time.time()) - 120  # type: ignore[method-assign]
+    assert drain(c, stale.sign(f"drain {URLS[0]}").decode()) == 403
+
+
+def test_non_member_is_drained_by_a_token_for_no_node() -> None:
+    c = AffinityCore(environ={}, peers=URLS, secret=SECRET, key="header:X")
+    assert c.self_id is None
+    assert drain(c, sign_drain(SECRET, URLS[0])) == 403
+    assert drain(c, sign_drain(SECRET, None)) == 200 and c.draining
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with Cluster(tmp_path_factory.mktemp("drain"), n=2) as c:
+        yield c
+
+
+def node_status(url: str) -> str:
+    r = httpx.get(f"{url}/_affinity/health", trust_env=False, timeout=10)
+    return str(r.json()["status"])
+
+
+def test_drain_on_real_nodes(two_nodes: Cluster) -> None:
+    """On real uvicorn nodes: a status-page token (what `affinity-mw check` sends) and a drain token for the
+    other node are refused; the node's own drain token drains it, and only an undo token undoes it."""
+    a, b = two_nodes.urls
+    path = "/_affinity/health/drain"
+    for auth in (sign_request(CLUSTER_SECRET), sign_drain(CLUSTER_SECRET, b)):
+        r = httpx.post(a + path, headers={AUTH_HEADER: auth}, trust_env=False, timeout=10)
+        assert r.status_code == 403, r.text
+    assert node_status(a) == "ok" and node_status(b) == "ok"
+    token = sign_drain(CLUSTER_SECRET, a)
+    assert httpx.post(a + path, headers={AUTH_HEADER: token}, trust_env=False, timeout=10).status_code == 200
+    assert node_status(a) == "draining"
+    # The captured drain token, replayed: not at the other node, not as an undo.
+    assert httpx.post(b + path, headers={AUTH_HEADER: token}, trust_env=False, timeout=10).status_code == 403
+    assert httpx.delete(a + path, headers={AUTH_HEADER: token}, trust_env=False, timeout=10).status_code == 403
+    assert node_status(a) == "draining" and node_status(b) == "ok"
+    undo = sign_drain(CLUSTER_SECRET, a, undo=True)
+    assert httpx.delete(a + path, headers={AUTH_HEADER: undo}, trust_env=False, timeout=10).status_code == 200
+    assert node_status(a) == "ok"
+
+
+def test_drain_command_on_a_real_node(two_nodes: Cluster) -> None:
+    """`affinity-mw drain URL` learns the node's id from the node itself (no AFFINITY_SELF in its environment,
+    as in a preStop hook of a DNS-membership pod) and signs for that node and action."""
+    url = two_nodes.urls[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
+    env["AFFINITY_SECRET"] = CLUSTER_SECRET
+    command = [sys.executable, "-m", "affinity_mw.cli", "drain", url]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert node_status(url) == "draining"
+    done = subprocess.run([*command, "--undo"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert node_status(url) == "ok"
+    # Signed for the other node (--node): refused, exit status 1.
+    other = [*command, "--node", two_nodes.urls[0]]
+    done = subprocess.run(other, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1 and node_status(url) == "ok"
