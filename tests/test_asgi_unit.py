@@ -323,7 +323,7 @@ def test_app_500_does_not_eject_but_gateway_errors_do() -> None:
 def test_peer_slots_are_handed_over_in_order_and_never_lost() -> None:
     """A release hands its slot to the oldest live waiter; a waiter that times out gets PoolExhausted and leaves
     the queue; one cancelled just after being handed a slot passes it on, so the count never leaks."""
-    from affinity_mw.asgi import _PeerSlots
+    from affinity_mw._forwarding import AsyncPeerSlots as _PeerSlots
     from affinity_mw.forward import PoolExhausted
 
     async def scenario() -> list[str]:
@@ -378,7 +378,7 @@ def test_peer_slots_are_handed_over_in_order_and_never_lost() -> None:
 def test_peer_slots_never_exceed_their_size_or_leak_under_timeouts_and_cancels(seed: int) -> None:
     import random
 
-    from affinity_mw.asgi import _PeerSlots
+    from affinity_mw._forwarding import AsyncPeerSlots as _PeerSlots
     from affinity_mw.forward import PoolExhausted
 
     rng = random.Random(seed)
@@ -468,7 +468,7 @@ def test_deadline_spent_is_504() -> None:
 def test_retry_budget_caps_retries_under_load() -> None:
     tenant = tenant_where(lambda order: order[0] == URLS[1] and order[1] == URLS[2])
     mw = middleware(ScriptedTransport(SendFailed("reset"), Response()))
-    mw.core.inflight[:] = [10, 3]  # 10 forwards in flight, 3 of them retries: max(3, 20%) reached
+    mw.core.budget.inflight[:] = [10, 3]  # 10 forwards in flight, 3 of them retries: max(3, 20%) reached
     _, sent = call(mw, tenant)
     assert sent[0]["status"] == 502
 
