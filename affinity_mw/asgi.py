@@ -13,8 +13,10 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeAlias
 
-from ._forwarding import ABORT, SERVE_LOCAL, Answer, AsyncPeerSlots, AsyncSlots, Relay, forward_async
+from ._forwarding import forward_async
+from ._plan import ABORT, SERVE_LOCAL, Answer, Relay
 from ._scope import RequestBody, ScopeRequest, first_header
+from ._slots import AsyncPeerSlots, AsyncSlots
 from .core import AffinityCore
 from .forward import BODY_TOO_LARGE, AsyncTransport, BodyLimit, BodyTooLarge, ForwardError
 from .router import LOCAL, Decision

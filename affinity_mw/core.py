@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from ._forwarding import OWNER_HEADER, SERVED_BY_HEADER, Answer, Forwarding, ForwardPlan, RetryBudget, debug_headers
+from ._plan import OWNER_HEADER, SERVED_BY_HEADER, Answer, Forwarding, ForwardPlan, RetryBudget, debug_headers
 from .config import Settings
 from .forward import BODY_TOO_LARGE, DRAINING_HEADER, HEADERS_TOO_LARGE, BodyLimit, Headers
 from .health import PeerHealth

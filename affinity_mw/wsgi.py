@@ -15,7 +15,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ._environ import EnvironRequest, RequestBody, environ_headers, environ_key, restore_environ
-from ._forwarding import SERVE_LOCAL, Answer, Relay, SyncPeerSlots, forward_sync
+from ._forwarding import forward_sync
+from ._plan import SERVE_LOCAL, Answer, Relay
+from ._slots import SyncPeerSlots
 from .core import AffinityCore
 from .forward import BODY_TOO_LARGE, BodyLimit, ForwardError, SyncTransport
 from .router import LOCAL, Decision

@@ -323,7 +323,7 @@ def test_app_500_does_not_eject_but_gateway_errors_do() -> None:
 def test_peer_slots_are_handed_over_in_order_and_never_lost() -> None:
     """A release hands its slot to the oldest live waiter; a waiter that times out gets PoolExhausted and leaves
     the queue; one cancelled just after being handed a slot passes it on, so the count never leaks."""
-    from affinity_mw._forwarding import AsyncPeerSlots as _PeerSlots
+    from affinity_mw._slots import AsyncPeerSlots as _PeerSlots
     from affinity_mw.forward import PoolExhausted
 
     async def scenario() -> list[str]:
@@ -378,7 +378,7 @@ def test_peer_slots_are_handed_over_in_order_and_never_lost() -> None:
 def test_peer_slots_never_exceed_their_size_or_leak_under_timeouts_and_cancels(seed: int) -> None:
     import random
 
-    from affinity_mw._forwarding import AsyncPeerSlots as _PeerSlots
+    from affinity_mw._slots import AsyncPeerSlots as _PeerSlots
     from affinity_mw.forward import PoolExhausted
 
     rng = random.Random(seed)
