@@ -236,7 +236,7 @@ def test_environ_view_reads_headers_where_wsgi_keeps_them() -> None:
     assert (b"x-tenant", b"acme") in view.headers
 
 
-# ------------------------------------------------------------------------------------- limits (DESIGN.md 6.14)
+# ------------------------------------------------------------------------------------- limits (431, 413)---------
 
 
 def owned(url: str) -> str:
