@@ -91,7 +91,7 @@ def ran(table: Table, ident: str) -> int:
 
 
 def client_gone_mid_upload(table: Table, key: str, ident: str) -> str:
-    n1, n2 = table.cluster.urls
+    n1 = table.cluster.urls[0]
     before = node_metrics(n1)
     host, port = n1.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=CLIENT_TIMEOUT) as sock:

@@ -227,15 +227,6 @@ def test_pool_exhaustion_is_a_fast_503_and_slots_come_back() -> None:
     assert call(mw, tenant)[0].startswith("200"), "closing the relayed response released the slot"
 
 
-def test_environ_view_reads_headers_where_wsgi_keeps_them() -> None:
-    from affinity_mw._environ import EnvironView as _EnvironView
-
-    view = _EnvironView({"HTTP_X_TENANT": "acme", "CONTENT_TYPE": "text/plain", "REQUEST_METHOD": "POST"})
-    assert view.first(b"x-tenant") == b"acme" and view.header("Content-Type") == "text/plain"
-    assert view.first(b"x-missing") is None
-    assert (b"x-tenant", b"acme") in view.headers
-
-
 # ------------------------------------------------------------------------------------- limits (431, 413)---------
 
 
