@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ._plan import POOL_EXHAUSTED_ANSWER, Forwarding, ForwardRequest, Outcome
+from ._plan import POOL_EXHAUSTED_ANSWER, Forwarding, ForwardPlan, ForwardRequest, Outcome
 from ._slots import AsyncPeerSlots, SyncPeerSlots
 from .forward import AsyncTransport, ClientGone, ForwardError, PoolExhausted, SyncTransport, bodiless
 from .router import Decision
@@ -39,7 +39,7 @@ async def forward_async(
     if begun is not None and not isinstance(begun, int):
         return begun
     body = request.body(begun, forwarding.body_limit(begun)) if begun != 0 else None
-    with forwarding.plan(decision, request.headers, request.client, request.scheme) as plan:
+    with ForwardPlan(forwarding, decision, request.headers, request.client, request.scheme) as plan:
         for node, upstream in plan.attempts(method, target, begun, body.stream if body else None):
             slot = slots.get(node.id)
             if not slot.take():
@@ -51,7 +51,8 @@ async def forward_async(
             try:
                 response = await transport.send(upstream)
                 chunks = response.aiter_raw()
-                first = b"" if bodiless(method, response.status) else await anext(chunks, b"")
+                no_body = bodiless(method, response.status)
+                first = b"" if no_body else await anext(chunks, b"")
             except (ClientGone, ForwardError) as exc:
                 try:
                     if response is not None:
@@ -67,7 +68,7 @@ async def forward_async(
             except BaseException:
                 slot.release()
                 raise
-            return plan.relay(node, method, response, first, chunks, slot)
+            return plan.relay(node, response, no_body, first, chunks, slot)
     return plan.finish()
 
 
@@ -84,7 +85,7 @@ def forward_sync(
     if begun is not None and not isinstance(begun, int):
         return begun
     body = request.body(begun, forwarding.body_limit(begun)) if begun != 0 else None
-    with forwarding.plan(decision, request.headers, request.client, request.scheme) as plan:
+    with ForwardPlan(forwarding, decision, request.headers, request.client, request.scheme) as plan:
         for node, upstream in plan.attempts(method, target, begun, body.stream if body else None):
             slot = slots.acquire(node.id)
             if slot is None:
@@ -93,7 +94,8 @@ def forward_sync(
             try:
                 response = transport.send(upstream)
                 chunks = response.iter_raw()
-                first = b"" if bodiless(method, response.status) else next(chunks, b"")
+                no_body = bodiless(method, response.status)
+                first = b"" if no_body else next(chunks, b"")
             except (ClientGone, ForwardError) as exc:
                 try:
                     if response is not None:
@@ -109,5 +111,5 @@ def forward_sync(
             except BaseException:
                 slot.release()
                 raise
-            return plan.relay(node, method, response, first, chunks, slot)
+            return plan.relay(node, response, no_body, first, chunks, slot)
     return plan.finish()

@@ -31,7 +31,6 @@ from .forward import (
     Unforwardable,
     UpstreamRequest,
     UpstreamTimeout,
-    bodiless,
     body_framing,
     request_headers,
 )
@@ -91,29 +90,22 @@ class Relay:
     a peer that died before its body was handled as a failed attempt) and the rest of the body.
 
     ``length`` is the Content-Length to check the relayed body against (``None``: nothing to check); a body that
-    ends short must abort the client connection, never end cleanly. :meth:`close` (or :meth:`aclose`) hands the
-    connection back to the pool only when ``reusable`` and frees the peer slot; call it exactly once.
+    ends short must abort the client connection, never end cleanly. Closing the response (``aclose`` or ``close``)
+    hands the connection back to the pool only when it is reusable; the slot is released after it, exactly once.
     """
 
-    __slots__ = ("chunks", "first", "headers", "length", "reason", "response", "slot", "status")
+    __slots__ = ("chunks", "first", "headers", "length", "response", "slot", "status")
 
     def __init__(
         self, response: Any, headers: Headers, first: bytes, chunks: Any, length: int | None, slot: Any
     ) -> None:
         self.response = response
         self.status: int = response.status
-        self.reason: str = getattr(response, "reason", "")
         self.headers = headers
         self.first = first
         self.chunks = chunks
         self.length = length
         self.slot = slot
-
-    async def aclose(self, reusable: bool) -> None:
-        try:
-            await self.response.aclose(reusable=reusable)
-        finally:
-            self.slot.release()
 
     def close(self, reusable: bool) -> None:
         try:
@@ -156,16 +148,6 @@ class RetryBudget:
     def __init__(self) -> None:
         self.inflight = [0, 0]  # [forwards in flight, of which retries]
         self.lock = threading.Lock()
-
-    def enter(self) -> None:
-        with self.lock:
-            self.inflight[0] += 1
-
-    def leave(self, retrying: bool) -> None:
-        with self.lock:
-            self.inflight[0] -= 1
-            if retrying:
-                self.inflight[1] -= 1
 
     def take(self) -> bool:
         """Take a place for one retry, if the budget has one. Checked and taken at once: gthread workers run many
@@ -299,11 +281,17 @@ class ForwardPlan:
         self.deadline = time.monotonic() + forwarding.deadline
 
     def __enter__(self) -> ForwardPlan:
-        self.forwarding.budget.enter()
+        budget = self.forwarding.budget
+        with budget.lock:
+            budget.inflight[0] += 1
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.forwarding.budget.leave(self._retrying)
+        budget = self.forwarding.budget
+        with budget.lock:
+            budget.inflight[0] -= 1
+            if self._retrying:
+                budget.inflight[1] -= 1
 
     def remaining(self) -> float:
         """Seconds left of the overall deadline that covers every attempt until response headers."""
@@ -422,14 +410,14 @@ class ForwardPlan:
         self.decision.served_by = node.id
         return headers
 
-    def relay(self, node: Node, method: str, response: Any, first: bytes, chunks: Any, slot: Any) -> Relay:
-        """The outcome for a peer's response whose first body bytes arrived."""
+    def relay(self, node: Node, response: Any, no_body: bool, first: bytes, chunks: Any, slot: Any) -> Relay:
+        """The outcome for a peer's response whose first body bytes arrived (``no_body``: one that has none)."""
         headers = self.answered(node, response.status, response.headers)
         forwarding = self.forwarding
         if forwarding.debug_headers and not any(name == SERVED_BY_HEADER for name, _ in headers):
             headers = [*headers, *debug_headers(self.decision, forwarding.membership.self_id)]
         length = None
-        if not bodiless(method, response.status):
+        if not no_body:
             for name, value in headers:
                 if name == b"content-length":
                     length = int(value)

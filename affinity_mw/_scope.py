@@ -23,8 +23,8 @@ class ScopeRequest:
     (their size, our internal headers, the hop marker, the key header's first value)."""
 
     __slots__ = (
-        "header_bytes", "hop_token", "internal", "key_header", "key_value", "method", "path", "reader", "receive",
-        "scope",
+        "header_bytes", "headers", "hop_token", "internal", "key_header", "key_value", "method", "path", "reader",
+        "receive", "scope",
     )  # fmt: skip
 
     def __init__(self, scope: Scope, receive: Receive, key_header: bytes | None) -> None:
@@ -32,12 +32,13 @@ class ScopeRequest:
         self.receive = receive
         self.method: str = scope["method"]
         self.path: str = scope["path"]
+        self.headers: list[tuple[bytes, bytes]] = scope["headers"]
         self.key_header = key_header
         self.reader: RequestBody | None = None
         hop_token = key_value = None
         internal = False
         size = 0
-        for name, value in scope["headers"]:
+        for name, value in self.headers:
             size += len(name) + len(value)
             if name == key_header and key_value is None:
                 key_value = value
@@ -52,17 +53,13 @@ class ScopeRequest:
 
     def restore(self, marker: HopMarker | None) -> None:
         scope = self.scope = dict(self.scope)
-        scope["headers"] = headers = restore_forwarded(scope["headers"], marker.added if marker else "")
+        scope["headers"] = self.headers = headers = restore_forwarded(self.headers, marker.added if marker else "")
         if marker is not None:
             if marker.client_host:
                 scope["client"] = (marker.client_host, marker.client_port)
             scope["scheme"] = marker.scheme
         self.header_bytes = sum(len(name) + len(value) for name, value in headers)
         self.key_value = first_header(headers, self.key_header) if self.key_header is not None else None
-
-    @property
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        return self.scope["headers"]  # type: ignore[no-any-return]
 
     @property
     def client_host(self) -> str | None:

@@ -157,7 +157,10 @@ class AffinityMiddleware:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            await relay.aclose(reusable)
+            try:
+                await relay.response.aclose(reusable=reusable)
+            finally:
+                relay.slot.release()
 
     def _watch_lifespan(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:

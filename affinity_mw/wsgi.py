@@ -109,7 +109,7 @@ class AffinityWSGIMiddleware:
     def _relay(self, relay: Relay, start_response: StartResponse) -> Iterable[bytes]:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in relay.headers]
         try:
-            start_response(f"{relay.status} {relay.reason or _phrase(relay.status)}", headers)
+            start_response(f"{relay.status} {relay.response.reason or _phrase(relay.status)}", headers)
         except BaseException:
             relay.close(reusable=False)
             raise
