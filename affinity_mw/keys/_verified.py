@@ -18,12 +18,11 @@ from ..request import RequestView
 from ._base import Extractor, _cookie_name, _Extractor, _header_name, _log, _nonempty_str, _scalar_key
 
 if TYPE_CHECKING:
-    from jwt import PyJWKClient
     from jwt.types import Options as _JwtOptions
 
+    from ._jwks import JwksKeys
+
 _HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
-_JWKS_TIMEOUT = 5.0
-_JWKS_LIFESPAN = 300.0
 
 
 def _import_jwt() -> Any:
@@ -137,7 +136,7 @@ class _JwtClaim(_Extractor):
     )
 
     _key: Any
-    _jwks: PyJWKClient | None
+    _jwks: JwksKeys | None
     _options: _JwtOptions
 
     def __init__(
@@ -195,14 +194,15 @@ class _JwtClaim(_Extractor):
                     "A JWKS URL publishes public keys, so it cannot be used with HMAC (HS*) algorithms; "
                     "configure RS*, PS*, ES* or EdDSA, or give the HMAC secret itself."
                 )
-            desc = f"<JWKS {_public_url(text.strip())}>"
+            from ._jwks import FETCH_TIMEOUT, JwksKeys
+
+            url = _public_url(text.strip())
             try:
-                self._jwks = jwt.PyJWKClient(
-                    text.strip(), cache_jwk_set=True, lifespan=_JWKS_LIFESPAN, timeout=_JWKS_TIMEOUT
-                )
+                client = jwt.PyJWKClient(text.strip(), cache_jwk_set=False, cache_keys=False, timeout=FETCH_TIMEOUT)
             except jwt.PyJWKClientError as exc:
                 raise ValueError(f"The JWKS URL {text!r} is not usable: {exc}.") from exc
-            return desc
+            self._jwks = JwksKeys(client, url)
+            return f"<JWKS {url}>"
         if "PRIVATE KEY" in text:
             raise ValueError(
                 "The JWT key is a private key; give the public key (or a JWKS URL). Verifying needs only the "
@@ -280,13 +280,15 @@ class _JwtClaim(_Extractor):
             return None
         return _scalar_key(payload.get(self._claim))
 
-    def _jwks_key(self, jwks: PyJWKClient, token: str) -> Any:
-        # Refuse a token whose algorithm is not configured before any network I/O, so garbage cannot make this
-        # node fetch the key set.
-        if self._unverified_header(token).get("alg") not in self._algorithms:
+    def _jwks_key(self, jwks: JwksKeys, token: str) -> Any:
+        # Refuse a token whose algorithm is not configured, or that names no key, before asking for keys, so
+        # garbage cannot make this node refresh the key set.
+        header = self._unverified_header(token)
+        kid = header.get("kid")
+        if header.get("alg") not in self._algorithms or not isinstance(kid, str) or not kid:
             return None
-        signing_key = jwks.get_signing_key_from_jwt(token)
-        if signing_key.algorithm_name not in self._algorithms:
+        signing_key = jwks.get(kid)
+        if signing_key is None or signing_key.algorithm_name not in self._algorithms:
             return None
         return signing_key
 
@@ -322,10 +324,12 @@ def jwt_claim(
         *   a PEM public key (``-----BEGIN PUBLIC KEY-----``) for RS*, PS*, ES* or EdDSA. Private keys are
             refused: verifying needs only the public half;
         *   a JWKS URL (``https://issuer.example.com/.well-known/jwks.json``). The signing key is chosen by
-            the token's ``kid``. The key set is fetched on first use, **which blocks the calling thread** (up
-            to 5 seconds, also inside an event loop), then cached for 5 minutes; an unknown ``kid`` triggers
-            at most one refresh per 30 seconds, so made-up ``kid`` values cannot flood the issuer. Use
-            ``https`` outside tests.
+            the token's ``kid``. The key set is fetched on a background thread, never on a request's path:
+            first when this source is built, then every 5 minutes, and when a token names an unknown ``kid``
+            (at most once per 30 seconds, and never two fetches at once, so made-up ``kid`` values cannot
+            flood the issuer). Until the first fetch succeeds, and for a ``kid`` not yet fetched, a token
+            gives no key; a failed fetch keeps the last good keys and is retried after 1 s, doubling up to
+            30 s. A hung issuer therefore delays no request. Use ``https`` outside tests.
 
     :param algorithms: the accepted algorithms, required and never guessed from the token (``alg`` is chosen
         by whoever made the token). ``none`` is refused, and HMAC may not be mixed with public-key algorithms:
@@ -338,6 +342,54 @@ def jwt_claim(
     :raises ImportError: when PyJWT (``pip install 'affinity-mw[jwt]'``) is not installed.
     """
     return _JwtClaim(claim, key, algorithms, audience, issuer, source, leeway)
+
+
+def _signing_setup(
+    secret_keys: str | bytes | Sequence[str | bytes], salt: object, max_age: object
+) -> list[str | bytes]:
+    """The checks every itsdangerous-signed cookie's settings pass: keys for rotation (oldest to newest), a
+    salt per purpose, a finite age. Returns the keys as a list."""
+    keys: list[str | bytes]
+    if isinstance(secret_keys, (str, bytes)):
+        keys = [secret_keys]
+    elif isinstance(secret_keys, Iterable):
+        keys = list(secret_keys)
+    else:
+        raise TypeError(f"secret_keys must be a string or a list of strings, not {type(secret_keys).__name__}.")
+    for secret in keys:
+        if not isinstance(secret, (str, bytes)):
+            raise TypeError(f"Each secret key must be a string, not {type(secret).__name__}.")
+        if not secret:
+            raise ValueError("A secret key is empty; an empty key signs nothing that a client cannot forge.")
+    if not keys:
+        raise ValueError("secret_keys must hold at least one key (oldest to newest; the newest signs).")
+    if not isinstance(salt, (str, bytes)) or not salt:
+        raise ValueError(
+            "salt must be a non-empty string: a salt per purpose keeps a value signed for one use from "
+            "being accepted as another."
+        )
+    if isinstance(max_age, bool) or not isinstance(max_age, int):
+        raise TypeError(f"max_age must be a whole number of seconds, not {type(max_age).__name__}.")
+    if max_age <= 0:
+        raise ValueError(
+            f"max_age must be a positive number of seconds, not {max_age}: a signed cookie must expire, "
+            "or a leaked one is valid forever."
+        )
+    return keys
+
+
+def _signed_payload(req: RequestView, cookie: str, serializer: URLSafeTimedSerializer, max_age: int) -> object:
+    """The payload of a signed cookie, or ``None`` when the cookie is missing, forged, expired or unreadable."""
+    value = req.cookies.get(cookie)
+    if not value:
+        return None
+    try:
+        return serializer.loads(value, max_age=max_age)
+    except Exception as exc:
+        # BadSignature, SignatureExpired and BadPayload are the expected failures; anything else on attacker
+        # input still means "no verified key".
+        _log.debug("Signed cookie %r rejected for affinity key: %s", cookie, type(exc).__name__)
+        return None
 
 
 class _SignedCookie(_Extractor):
@@ -354,32 +406,7 @@ class _SignedCookie(_Extractor):
     ) -> None:
         self._cookie = _cookie_name(cookie_name)
         self._field = _nonempty_str(field, "signed cookie field", "user_id")
-        keys: list[str | bytes]
-        if isinstance(secret_keys, (str, bytes)):
-            keys = [secret_keys]
-        elif isinstance(secret_keys, Iterable):
-            keys = list(secret_keys)
-        else:
-            raise TypeError(f"secret_keys must be a string or a list of strings, not {type(secret_keys).__name__}.")
-        for secret in keys:
-            if not isinstance(secret, (str, bytes)):
-                raise TypeError(f"Each secret key must be a string, not {type(secret).__name__}.")
-            if not secret:
-                raise ValueError("A secret key is empty; an empty key signs nothing that a client cannot forge.")
-        if not keys:
-            raise ValueError("secret_keys must hold at least one key (oldest to newest; the newest signs).")
-        if not isinstance(salt, (str, bytes)) or not salt:
-            raise ValueError(
-                "salt must be a non-empty string: a salt per purpose keeps a value signed for one use from "
-                "being accepted as another."
-            )
-        if isinstance(max_age, bool) or not isinstance(max_age, int):
-            raise TypeError(f"max_age must be a whole number of seconds, not {type(max_age).__name__}.")
-        if max_age <= 0:
-            raise ValueError(
-                f"max_age must be a positive number of seconds, not {max_age}: a signed cookie must expire, "
-                "or a leaked one is valid forever."
-            )
+        keys = _signing_setup(secret_keys, salt, max_age)
         self._max_age = max_age
         signer_kwargs: dict[str, Any] | None = None
         if flask_format:
@@ -393,16 +420,7 @@ class _SignedCookie(_Extractor):
         )
 
     def __call__(self, req: RequestView) -> str | None:
-        value = req.cookies.get(self._cookie)
-        if not value:
-            return None
-        try:
-            data = self._serializer.loads(value, max_age=self._max_age)
-        except Exception as exc:
-            # BadSignature, SignatureExpired and BadPayload are the expected failures; anything else on
-            # attacker input still means "no verified key".
-            _log.debug("Signed cookie rejected for affinity key: %s", type(exc).__name__)
-            return None
+        data = _signed_payload(req, self._cookie, self._serializer, self._max_age)
         if not isinstance(data, dict):
             return None
         return _scalar_key(data.get(self._field))
