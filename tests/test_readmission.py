@@ -43,14 +43,16 @@ def set_aside(url: str) -> dict[str, str]:
 
 
 def wait_taken_back(c: Cluster, victim_keys: list[str], victim: str, limit: float) -> float:
-    """Seconds until both other nodes serve every one of the victim's keys on the victim again."""
+    """Seconds until neither other node holds the victim aside; then both serve its keys on it again."""
     start = time.monotonic()
     others = [u for u in c.urls if u != victim]
-    while time.monotonic() - start < limit + 3:
-        if all(served_by(u, k) == victim for u in others for k in victim_keys):
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"{victim} not taken back within {limit + 3:.1f} s:\n{c.logs()[-4000:]}")
+    while any(victim in set_aside(u) for u in others):
+        if time.monotonic() - start > limit + 3:
+            raise AssertionError(f"{victim} not taken back within {limit + 3:.1f} s:\n{c.logs()[-4000:]}")
+        time.sleep(0.02)
+    seconds = time.monotonic() - start
+    assert all(served_by(u, k) == victim for u in others for k in victim_keys)
+    return seconds
 
 
 def set_victim_aside(c: Cluster, victim_keys: list[str], victim: str, reason: str) -> None:
