@@ -237,16 +237,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_edge(args: argparse.Namespace) -> int:
     """Print the front proxy's configuration for the members and key source the nodes are configured with."""
-    from .config import Settings
-    from .edge import nginx_config
+    from .edge import nginx_config, routing_settings
     from .membership import membership_from_settings
 
-    env = dict(os.environ)
-    if args.peers is not None:
-        env["AFFINITY_PEERS"] = args.peers
-    if not env.get("AFFINITY_SECRET", "").strip():
-        env["AFFINITY_SECRET"] = "-" * 32  # the proxy never signs anything; the nodes' secret is not needed here
-    settings = Settings.load({}, env)
+    settings = routing_settings({"peers": args.peers} if args.peers is not None else {})
     membership = membership_from_settings(settings)
     try:
         ring = membership.ring

@@ -13,20 +13,36 @@ The middleware stays the guarantee either way: a request nginx sends to the wron
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from .config import Settings
 from .keys._spec import _split_spec
 from .ring import Node, Ring, nginx_server
 
-__all__ = ["EdgeKey", "nginx_config", "nginx_key"]
+__all__ = ["EdgeKey", "nginx_config", "nginx_key", "routing_settings"]
 
 KEY_VARIABLE = "$affinity_mw_key"
 """The nginx variable the generated ``map`` blocks leave the affinity key in."""
 
 _NGINX_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 _NGINX_ARG_RE = re.compile(r"[A-Za-z0-9_]+")
+
+
+def routing_settings(options: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """The nodes' settings as a router outside them needs them: membership, ring and key sources.
+
+    A front proxy or a client transport signs nothing, so the cluster secret is not required here (a stand-in
+    satisfies the check when it is absent); everything else is validated exactly as the nodes validate it.
+    """
+    options = dict(options or {})
+    env = dict(os.environ if environ is None else environ)
+    if not options.get("secret") and not env.get("AFFINITY_SECRET", "").strip():
+        options["secret"] = "-" * 32
+    return Settings.load(options, env)
 
 
 @dataclass
