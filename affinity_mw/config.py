@@ -16,7 +16,7 @@ from typing import Any
 
 from .keys import Extractor, KeyOptions, from_spec
 
-__all__ = ["OPTIONS", "ConfigurationError", "Option", "Settings"]
+__all__ = ["OPTIONS", "ConfigurationError", "Option", "Settings", "as_env"]
 
 
 class ConfigurationError(ValueError):
@@ -324,6 +324,17 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 _BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+
+
+def as_env(value: Any) -> str:
+    """A Python settings value (a framework's settings file) in the string form its ``AFFINITY_*`` variable takes,
+    so the environment's parsers validate it whichever way it came: booleans as ``1``/``0``, lists joined by
+    commas, bytes as UTF-8."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (list, tuple)):
+        return ",".join(as_env(v) for v in value)
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
