@@ -493,6 +493,45 @@ def test_dead_peer_keys_go_to_next_successor(cluster: Cluster, client: httpx.Cli
             assert r.json()["node"] == successor
 
 
+# ------------------------------------------------------------------------------ WSGI and ASGI, each on its own
+
+
+@pytest.mark.parametrize(("server", "app"), [("gunicorn-gthread", DJANGO_WSGI), ("uvicorn", DJANGO_ASGI)])
+def test_wrapped_django_routes_forwards_fails_over_and_exposes_the_decision(
+    tmp_path: Path, server: str, app: str
+) -> None:
+    """Django under gunicorn (WSGI, sync) and under uvicorn (ASGI, async), wrapped: a node serves the keys it owns,
+    forwards the others to their owner, and when an owner dies its keys go to the next successor; every view sees
+    the decision that brought the request there on ``request.affinity``."""
+    with Cluster(tmp_path, server=server, app=app, env=ENV) as c, httpx.Client(trust_env=False, timeout=30) as client:
+        for entry in c.urls:
+            for target in c.urls:
+                tenant = tenant_owned_by(c, target, f"own-{c.urls.index(entry)}-")
+                r = client.get(f"{entry}/probe/{tenant}/echo", headers={"X-Tenant": tenant})
+                assert r.status_code == 200, r.text
+                decision = r.json()["decision"]
+                assert r.json()["node"] == target
+                assert (decision["key"], decision["owner"], decision["served_by"]) == (tenant, target, target)
+                expected = ("owner", 0, None) if entry == target else ("hop", 1, entry)
+                assert (decision["reason"], decision["hops"], decision["sender"]) == expected
+        ring = _ring(tuple(c.urls))
+        dead = c.nodes[-1]
+        kill(dead)
+        tenants = [t for t in (f"gone-{i}" for i in range(400)) if owner(c, t) == dead.url][:6]
+        assert tenants
+        for tenant in tenants:
+            successor = ring.successors(hash_key(tenant), 2)[1].id
+            for entry in c.urls[:-1]:
+                r = client.get(f"{entry}/probe/{tenant}/echo", headers={"X-Tenant": tenant})
+                assert r.status_code == 200, r.text
+                decision = r.json()["decision"]
+                assert r.json()["node"] == successor
+                assert (decision["key"], decision["owner"], decision["served_by"]) == (tenant, dead.url, successor)
+                expected = ("failover", 0, None) if entry == successor else ("hop", 1, entry)
+                assert (decision["reason"], decision["hops"], decision["sender"]) == expected
+        assert "Traceback" not in c.logs(), c.logs()
+
+
 # ------------------------------------------------------------------------------------------------------ example
 
 
@@ -700,14 +739,17 @@ def test_old_style_configuration_gets_the_line_to_add(tmp_path: Path) -> None:
     assert old.returncode != 0
     assert old.stderr.count("(affinity_mw.E003)") == 2, old.stderr
     for kind in ("wsgi", "asgi"):
-        assert f"{project / kind}.py never imports affinity_mw, so nothing is routed" in old.stderr
+        assert f"{project / kind}.py never calls affinity_mw, so nothing is routed" in old.stderr
         assert f"`application = wrap(get_{kind}_application())`" in old.stderr
     assert "`from affinity_mw.contrib.django import wrap`" in old.stderr
+    # Importing is not wrapping.
     for kind in ("wsgi", "asgi"):
         source = (project / f"{kind}.py").read_text()
-        wrapped = "from affinity_mw.contrib.django import wrap\n" + source.replace(
-            f"= get_{kind}_application()", f"= wrap(get_{kind}_application())"
-        )
+        (project / f"{kind}.py").write_text("from affinity_mw.contrib.django import wrap\n" + source)
+    assert _manage_check({}, "oldproj.settings", tmp_path).stderr.count("(affinity_mw.E003)") == 2
+    for kind in ("wsgi", "asgi"):
+        source = (project / f"{kind}.py").read_text()
+        wrapped = source.replace(f"= get_{kind}_application()", f"= wrap(get_{kind}_application())")
         (project / f"{kind}.py").write_text(wrapped)
     fixed = _manage_check({}, "oldproj.settings", tmp_path)
     assert fixed.returncode == 0, fixed.stderr

@@ -1,11 +1,8 @@
 """Django integration: route in front of Django by wrapping its application; ``request.affinity`` inside it.
 
-As the Flask extension does in front of Flask, :func:`wrap` puts :class:`~affinity_mw.AffinityWSGIMiddleware`
-around ``get_wsgi_application()`` (gunicorn, ``runserver``) or :class:`~affinity_mw.AffinityMiddleware` around
-``get_asgi_application()`` (uvicorn, daphne). A request another node owns is forwarded before Django builds a
-request, runs any middleware, spools an upload or opens a database connection, and the owner's response goes back
-as the owner sent it, never through Django's response model: every rule, failures included, is the WSGI or ASGI
-adapter's own::
+As the Flask extension wraps ``app.wsgi_app``, :func:`wrap` puts :class:`~affinity_mw.AffinityWSGIMiddleware` or
+:class:`~affinity_mw.AffinityMiddleware` around Django's application: a request another node owns is forwarded
+before Django sees it, its answer relayed as the owner sent it; every rule, failures included, is the adapter's::
 
     # wsgi.py                                     # asgi.py
     application = wrap(get_wsgi_application())    application = wrap(get_asgi_application())
@@ -66,9 +63,8 @@ def wrap(application: Any, **options: Any) -> AffinityASGIMiddleware | AffinityW
 
     An ASGI application (a coroutine function, or an object whose ``__call__`` is one, as Django's
     ``ASGIHandler``) gets :class:`~affinity_mw.AffinityMiddleware`; anything else is WSGI and gets
-    :class:`~affinity_mw.AffinityWSGIMiddleware`. Call it once per process, in ``wsgi.py`` or ``asgi.py``,
-    outside any other wrapper, so a forwarded request does no work on this node. Settings are validated here:
-    an invalid configuration raises :class:`~affinity_mw.ConfigurationError` and the server does not boot.
+    :class:`~affinity_mw.AffinityWSGIMiddleware`. Call it once, outermost, in ``wsgi.py`` or ``asgi.py``. Settings
+    are validated here: an invalid configuration raises :class:`~affinity_mw.ConfigurationError` at boot.
     """
     global _wrapped
     is_async = iscoroutinefunction(application) or iscoroutinefunction(type(application).__call__)
@@ -88,7 +84,7 @@ class AffinityMiddleware:
     """Sets ``request.affinity`` to the :class:`~affinity_mw.Decision` the wrapped application made for the request.
 
     Only requests this node serves reach Django, so each has one (on the owner of a forwarded request ``hops`` is 1
-    and ``sender`` the forwarding node). A request that did not pass through :func:`wrap` gets ``None``: Django's
+    and ``marker.sender`` the forwarding node). A request that did not pass through :func:`wrap` gets ``None``: Django's
     test ``Client``, or a process that never wrapped its application, which is logged once as an error (E003).
     """
 
@@ -152,16 +148,12 @@ def _options(environ: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _is_affinity_middleware(path: str) -> bool:
-    """Our middleware, or a subclass of it under another name."""
-    if path == MIDDLEWARE_PATH:
-        return True
-    if path.startswith("django."):
-        return False
+    """Our middleware, or a subclass of it under another name (a broken entry is Django's error to report)."""
     try:
-        cls = import_string(path)
-    except Exception:  # a broken entry is Django's own error to report, not ours
+        cls = None if path == MIDDLEWARE_PATH or path.startswith("django.") else import_string(path)
+    except Exception:
         return False
-    return isinstance(cls, type) and issubclass(cls, AffinityMiddleware)
+    return path == MIDDLEWARE_PATH or (isinstance(cls, type) and issubclass(cls, AffinityMiddleware))
 
 
 def _position_messages() -> list[checks.CheckMessage]:
@@ -187,9 +179,9 @@ def _position_messages() -> list[checks.CheckMessage]:
 
 
 def _unwrapped_messages() -> list[checks.CheckMessage]:
-    """E003 for a ``WSGI_APPLICATION``/``ASGI_APPLICATION`` whose module never imports affinity-mw: Django would
-    serve every request itself. Read from the module's source, not imported: importing it would build the
-    middleware, and with it DNS lookups and threads, inside ``manage.py check``."""
+    """E003 for a ``WSGI_APPLICATION``/``ASGI_APPLICATION`` whose module calls nothing it imports from affinity-mw:
+    Django would serve every request itself. Read from the module's source, not imported: importing it would build
+    the middleware, and with it DNS lookups and threads, inside ``manage.py check``."""
     messages = []
     for setting in ("WSGI_APPLICATION", "ASGI_APPLICATION"):
         dotted = getattr(django_settings, setting, None)
@@ -199,11 +191,11 @@ def _unwrapped_messages() -> list[checks.CheckMessage]:
             tree = ast.parse(Path(origin).read_bytes()) if origin else None
         except (ImportError, ValueError, OSError, SyntaxError):  # Django reports a broken setting itself
             continue
-        if tree is None or any(_imports_affinity(node) for node in ast.walk(tree)):
+        if tree is None or _calls_affinity(tree):
             continue
         messages.append(
             checks.Error(
-                f"{setting} is {dotted!r}, but {origin} never imports affinity_mw, so nothing is routed: every "
+                f"{setting} is {dotted!r}, but {origin} never calls affinity_mw, so nothing is routed: every "
                 "node serves every key itself (AffinityMiddleware only exposes the decision).",
                 hint=f"Wrap the application there: `application = wrap(get_{setting[:4].lower()}_application())`, "
                 "with `from affinity_mw.contrib.django import wrap`. If your servers run another module, wrap that "
@@ -214,10 +206,21 @@ def _unwrapped_messages() -> list[checks.CheckMessage]:
     return messages
 
 
-def _imports_affinity(node: ast.AST) -> bool:
-    if isinstance(node, ast.ImportFrom):
-        return (node.module or "").split(".")[0] == "affinity_mw"
-    return isinstance(node, ast.Import) and any(alias.name.split(".")[0] == "affinity_mw" for alias in node.names)
+def _calls_affinity(tree: ast.AST) -> bool:
+    """Whether the module calls a name it imports from affinity_mw (``wrap(...)``, ``affinity_mw.[...].wrap(...)``)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").partition(".")[0] == "affinity_mw":
+            names.update(alias.asname or alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.asname or "affinity_mw" for a in node.names if a.name.partition(".")[0] == "affinity_mw")
+    for node in ast.walk(tree):
+        func = node.func if isinstance(node, ast.Call) else None
+        while isinstance(func, ast.Attribute):
+            func = func.value
+        if isinstance(func, ast.Name) and func.id in names:
+            return True
+    return False
 
 
 def check_affinity(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
