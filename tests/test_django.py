@@ -133,6 +133,16 @@ def tenant_not_owned_by(c: Cluster, url: str, prefix: str = "t") -> str:
     return next(f"{prefix}{i}" for i in range(10_000) if owner(c, f"{prefix}{i}") != url)
 
 
+def kill_last(c: Cluster, prefix: str, count: int) -> tuple[str, list[tuple[str, str]]]:
+    """Kill the last node: its URL, and up to ``count`` keys it owned, each with the node that owns it next."""
+    ring = _ring(tuple(c.urls))
+    dead = c.nodes[-1]
+    kill(dead)
+    tenants = [t for t in (f"{prefix}{i}" for i in range(400)) if owner(c, t) == dead.url][:count]
+    assert tenants
+    return dead.url, [(t, ring.successors(hash_key(t), 2)[1].id) for t in tenants]
+
+
 def policy(c: Cluster) -> str:
     return c.nodes[0].env.get("AFFINITY_NO_KEY", "local")
 
@@ -480,13 +490,8 @@ def test_dead_peer_keys_go_to_next_successor(cluster: Cluster, client: httpx.Cli
     that meets one has been sent; an idempotent one is retried on the next node, a POST is answered 502 (never
     sent twice), which is right but not what this test is about.
     """
-    ring = StaticMembership(cluster.urls).ring
-    dead = cluster.nodes[-1]
-    kill(dead)
-    tenants = [t for t in (f"dead-{i}" for i in range(400)) if owner(cluster, t) == dead.url][:8]
-    assert tenants
-    for tenant in tenants:
-        successor = ring.successors(hash_key(tenant), 2)[1].id
+    _, moved = kill_last(cluster, "dead-", 8)
+    for tenant, successor in moved:
         for entry in django_urls(cluster)[:2]:  # live Django nodes
             r = client.get(f"{entry}/tenants/{tenant}/hits", headers={"X-Tenant": tenant})
             assert r.status_code == 200, r.text
@@ -514,19 +519,14 @@ def test_wrapped_django_routes_forwards_fails_over_and_exposes_the_decision(
                 assert (decision["key"], decision["owner"], decision["served_by"]) == (tenant, target, target)
                 expected = ("owner", 0, None) if entry == target else ("hop", 1, entry)
                 assert (decision["reason"], decision["hops"], decision["sender"]) == expected
-        ring = _ring(tuple(c.urls))
-        dead = c.nodes[-1]
-        kill(dead)
-        tenants = [t for t in (f"gone-{i}" for i in range(400)) if owner(c, t) == dead.url][:6]
-        assert tenants
-        for tenant in tenants:
-            successor = ring.successors(hash_key(tenant), 2)[1].id
+        dead, moved = kill_last(c, "gone-", 6)
+        for tenant, successor in moved:
             for entry in c.urls[:-1]:
                 r = client.get(f"{entry}/probe/{tenant}/echo", headers={"X-Tenant": tenant})
                 assert r.status_code == 200, r.text
                 decision = r.json()["decision"]
                 assert r.json()["node"] == successor
-                assert (decision["key"], decision["owner"], decision["served_by"]) == (tenant, dead.url, successor)
+                assert (decision["key"], decision["owner"], decision["served_by"]) == (tenant, dead, successor)
                 expected = ("failover", 0, None) if entry == successor else ("hop", 1, entry)
                 assert (decision["reason"], decision["hops"], decision["sender"]) == expected
         assert "Traceback" not in c.logs(), c.logs()
