@@ -127,19 +127,32 @@ def cmd_check(args: argparse.Namespace) -> int:
         headers[AUTH_HEADER] = sign_request([s.strip() for s in secret.split(",") if s.strip()])
     path = args.path.rstrip("/") + "/status.json"
     http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=5), retries=False)
+    # A node shows its status only to signed requests; anything else gets the app's own answer for the path (often
+    # 404), so an answer other than 200 means "reachable, but would not tell", never "unreachable".
+    refused = (
+        "reachable; unsigned request not answered: set AFFINITY_SECRET or pass --secret"
+        if not secret
+        else "reachable; did not accept the signed request: another secret, AFFINITY_INTROSPECTION=off, or "
+        "another AFFINITY_INTROSPECTION_PATH (--path)"
+    )
     results: list[dict[str, Any]] = []
     for url in args.urls:
         base = url.rstrip("/")
         try:
             r = http.request("GET", base + path, headers=headers)
+        except urllib3.exceptions.HTTPError as exc:
+            results.append({"url": base, "ok": False, "reachable": False, "error": str(exc)})
+            continue
+        try:
             if r.status != 200:
-                raise ValueError(f"HTTP {r.status} (is AFFINITY_SECRET right, or introspection off?)")
+                raise ValueError(f"HTTP {r.status}")
             info = json.loads(r.data)
-            results.append({"url": base, "ok": True, "node": info["node"], "status": info["status"],
-                            "checksum": info["ring"]["checksum"], "members": len(info["ring"]["members"]),
+            ring = info["ring"]
+            results.append({"url": base, "ok": True, "reachable": True, "node": info["node"], "status": info["status"],
+                            "checksum": ring["checksum"], "members": len(ring["members"]),
                             "locality_ratio": info["locality_ratio"]})  # fmt: skip
-        except Exception as exc:
-            results.append({"url": base, "ok": False, "error": str(exc)})
+        except (ValueError, KeyError, TypeError) as exc:
+            results.append({"url": base, "ok": False, "reachable": True, "error": f"{refused} ({exc})"})
     checksums = {row["checksum"] for row in results if row["ok"]}
     agree = len(checksums) == 1 and all(row["ok"] for row in results)
     table = [["url", "status", "checksum", "members", "locality"]]
@@ -148,9 +161,15 @@ def cmd_check(args: argparse.Namespace) -> int:
             ratio = "n/a" if row["locality_ratio"] is None else f"{100 * row['locality_ratio']:.1f}%"
             table.append([row["url"], row["status"], row["checksum"], str(row["members"]), ratio])
         else:
-            table.append([row["url"], "UNREACHABLE", "-", "-", row["error"][:60]])
-    verdict = "all nodes agree on the ring" if agree else "NODES DISAGREE (or some are unreachable)"
-    _print(args, {"agree": agree, "nodes": results}, table, f"\n{verdict}")
+            table.append([row["url"], "REACHABLE" if row["reachable"] else "UNREACHABLE", "-", "-", "-"])
+    if agree:
+        verdict = "all nodes agree on the ring"
+    elif len(checksums) > 1:
+        verdict = "NODES DISAGREE on the ring"
+    else:
+        verdict = "CANNOT COMPARE the rings"
+    notes = "".join(f"\n{row['url']}: {row['error']}" for row in results if not row["ok"])
+    _print(args, {"agree": agree, "nodes": results}, table, f"\n{verdict}{notes}")
     return 0 if agree else 1
 
 

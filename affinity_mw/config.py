@@ -10,17 +10,46 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ._addresses import normalize_url
 from .keys import Extractor, KeyOptions, from_spec
 
-__all__ = ["OPTIONS", "ConfigurationError", "Option", "Settings", "as_env"]
+__all__ = ["OPTIONS", "ConfigurationError", "Option", "Settings", "member_ids"]
 
 
 class ConfigurationError(ValueError):
     """A setting is missing, malformed or inconsistent; raised at start-up, never per request."""
+
+
+def member_ids(peers: Iterable[str], self_url: str | None) -> tuple[list[str], str | None]:
+    """The node ids of a static member list and this node's id, or ``ValueError`` naming the first problem.
+
+    Settings validation and :class:`~affinity_mw.membership.StaticMembership` share it, so a deploy learns
+    about a foreign ``AFFINITY_SELF`` in the same error as every other setting.
+    """
+    seen: dict[str, str] = {}
+    for raw in peers:
+        url = normalize_url(raw)
+        if url in seen:
+            raise ValueError(f"Peer {raw!r} is listed twice (as {seen[url]!r} and {raw!r}).")
+        seen[url] = raw
+    ids = list(seen)
+    if self_url is not None:
+        self_id = normalize_url(self_url)
+        if ids and self_id not in seen:
+            raise ValueError(
+                f"This node ({self_url!r}, AFFINITY_SELF) is not one of the peers ({', '.join(seen.values())})."
+            )
+        return ids, self_id
+    return ids, ids[0] if len(ids) == 1 else None
+
+
+def _report(errors: list[str]) -> ConfigurationError:
+    """One error for every problem; the parts come from several modules, some ending in a full stop."""
+    return ConfigurationError("Invalid affinity-mw settings: " + "; ".join(e.rstrip(".") for e in errors) + ".")
 
 
 def _str(value: str) -> str:
@@ -326,17 +355,6 @@ OPTIONS: tuple[Option, ...] = (
 _BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
 
 
-def as_env(value: Any) -> str:
-    """A Python settings value (a framework's settings file) in the string form its ``AFFINITY_*`` variable takes,
-    so the environment's parsers validate it whichever way it came: booleans as ``1``/``0``, lists joined by
-    commas, bytes as UTF-8."""
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, (list, tuple)):
-        return ",".join(as_env(v) for v in value)
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 @dataclass(frozen=True)
 class Settings:
     """Validated settings. Build with :meth:`load`; the fields mirror :data:`OPTIONS`."""
@@ -381,7 +399,7 @@ class Settings:
     jwt_issuer: str | None = None
     jwt_from: str = "header:Authorization"
     jwt_leeway: float = 0.0
-    cookie_secret: tuple[str, ...] = ()
+    cookie_secret: tuple[str | bytes, ...] = ()
     cookie_salt: str = "cookie-session"
     cookie_max_age: int = 31 * 24 * 3600
     extractor: Extractor | None = field(default=None, compare=False, repr=False)
@@ -418,7 +436,7 @@ class Settings:
             else:
                 values[option.name] = option.default
         if errors:
-            raise ConfigurationError("Invalid affinity-mw settings: " + "; ".join(errors) + ".")
+            raise _report(errors)
         settings = cls(**values)
         return settings._validated()
 
@@ -479,6 +497,11 @@ class Settings:
             errors.append(f"dns_port (AFFINITY_DNS_PORT) must be a TCP port, got {self.dns_port!r}")
         if not self.dns_refresh >= 1:
             errors.append("dns_refresh (AFFINITY_DNS_REFRESH) must be at least 1 second")
+        if not self.dns:
+            try:
+                member_ids(self.peers, self.self_url)
+            except ValueError as exc:
+                errors.append(str(exc))
         if any(len(s) < 16 for s in self.secret):
             errors.append("every AFFINITY_SECRET must be at least 16 characters long")
         extractor: Extractor | None = None
@@ -488,11 +511,12 @@ class Settings:
             try:
                 extractor = from_spec(self.key, self.key_options())
             except (ValueError, ImportError) as exc:
-                errors.append(f"AFFINITY_KEY: {exc}")
+                message = str(exc)  # the key parser's messages name AFFINITY_KEY themselves, most of them
+                errors.append(message if "AFFINITY_KEY" in message else f"AFFINITY_KEY: {message}")
         elif self.key is not None:
             errors.append(f"key must be a spec string or a callable, got {type(self.key).__name__}")
         if errors:
-            raise ConfigurationError("Invalid affinity-mw settings: " + "; ".join(errors) + ".")
+            raise _report(errors)
         object.__setattr__(self, "extractor", extractor)
         return self
 

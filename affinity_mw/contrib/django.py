@@ -37,7 +37,7 @@ from django.utils.module_loading import import_string
 
 from .. import AffinityMiddleware as AffinityASGIMiddleware
 from .. import AffinityWSGIMiddleware, ConfigurationError, Settings, StaticMembership
-from ..config import OPTIONS, as_env
+from ..config import OPTIONS
 from ..wsgi import DECISION_KEY
 
 __all__ = ["AffinityConfig", "AffinityMiddleware", "check_affinity", "wrap"]
@@ -119,10 +119,9 @@ def _report_unwrapped() -> None:
 def _options(environ: Mapping[str, str]) -> dict[str, Any]:
     """``settings.AFFINITY`` as the middleware's keyword arguments, with every set ``AFFINITY_*`` variable winning.
 
-    Plain values (strings, numbers, booleans, lists) go into the ``environ`` the middleware reads, in their
-    environment form, so one parser validates them whichever way they came and a set variable simply stays;
-    callables (``key``) and objects (``transport``, ``membership``) stay keyword arguments. Unknown names stay too,
-    so :meth:`~affinity_mw.Settings.load` names them in its error.
+    Scalars (strings, numbers, booleans) go into the ``environ`` the middleware reads, in their environment form,
+    so one parser validates them whichever way they came; lists (never joined and split again), callables
+    (``key``), objects (``transport``, ``membership``) and unknown names (for the error) stay keyword arguments.
     """
     configured = getattr(django_settings, "AFFINITY", None)
     if not isinstance(configured, (Mapping, type(None))):
@@ -136,9 +135,9 @@ def _options(environ: Mapping[str, str]) -> dict[str, Any]:
             options[name] = value
         elif value is None or env.get(variable, "").strip():
             continue  # unset here, or the environment wins over settings.AFFINITY
-        elif isinstance(value, (str, bool, int, float, list, tuple)):
-            env[variable] = as_env(value)
-        else:  # a callable key, a transport object
+        elif isinstance(value, (str, bool, int, float)):
+            env[variable] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        else:  # a list as given (a secret may hold a comma), a callable key, a transport object
             options[name] = value
     options["environ"] = env
     return options
