@@ -663,6 +663,13 @@ def test_callable_key_and_transport_object_are_kept(clean_env: pytest.MonkeyPatc
     client.close()
 
 
+def test_lists_reach_the_settings_as_given(clean_env: pytest.MonkeyPatch) -> None:
+    secrets = ["old,secret-with-a-comma", "new-secret-0123456789abcdef"]  # never joined on commas and split again
+    with override_settings(AFFINITY={**GOOD, "secret": secrets}):
+        assert check_affinity() == []
+        assert wrap(wsgi_app).core.settings.secret == tuple(secrets)
+
+
 def test_wrap_picks_the_adapter_by_the_application_kind(clean_env: pytest.MonkeyPatch) -> None:
     from django.core.handlers.asgi import ASGIHandler
 
