@@ -73,6 +73,11 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected one of 1/0, true/false, yes/no, on/off, got {value!r}")
 
 
+def _auto_bool(value: str) -> bool | None:
+    """``auto`` (``None``: decided per request), or a boolean."""
+    return None if value.strip().lower() == "auto" else _bool(value)
+
+
 def _float(value: str) -> float:
     return float(value)
 
@@ -350,6 +355,42 @@ OPTIONS: tuple[Option, ...] = (
         _int,
         "Oldest signed cookie accepted, in seconds (Flask's default session lifetime).",
     ),
+    Option(
+        "generated_cookie_max_age",
+        "AFFINITY_GENERATED_COOKIE_MAX_AGE",
+        24 * 3600,
+        _int,
+        "Seconds a `generated-cookie:` cookie lives (its `Max-Age`, and the oldest signature accepted).",
+    ),
+    Option(
+        "generated_cookie_secure",
+        "AFFINITY_GENERATED_COOKIE_SECURE",
+        None,
+        _auto_bool,
+        "`Secure` on the generated cookie: `auto` (unset: when the client's request was HTTPS), `1` or `0`.",
+    ),
+    Option(
+        "generated_cookie_http_only",
+        "AFFINITY_GENERATED_COOKIE_HTTPONLY",
+        True,
+        _bool,
+        "`HttpOnly` on the generated cookie.",
+    ),
+    Option(
+        "generated_cookie_same_site",
+        "AFFINITY_GENERATED_COOKIE_SAMESITE",
+        "Lax",
+        _choice("lax", "strict", "none"),
+        "`SameSite` of the generated cookie: `lax`, `strict` or `none` (which adds `Secure`).",
+    ),
+    Option("generated_cookie_path", "AFFINITY_GENERATED_COOKIE_PATH", "/", _str, "`Path` of the generated cookie."),
+    Option(
+        "generated_cookie_domain",
+        "AFFINITY_GENERATED_COOKIE_DOMAIN",
+        None,
+        _opt_str,
+        "`Domain` of the generated cookie; unset, it goes back to the issuing host only.",
+    ),
 )
 
 _BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -402,6 +443,12 @@ class Settings:
     cookie_secret: tuple[str | bytes, ...] = ()
     cookie_salt: str = "cookie-session"
     cookie_max_age: int = 31 * 24 * 3600
+    generated_cookie_max_age: int = 24 * 3600
+    generated_cookie_secure: bool | None = None
+    generated_cookie_http_only: bool = True
+    generated_cookie_same_site: str = "Lax"
+    generated_cookie_path: str = "/"
+    generated_cookie_domain: str | None = None
     extractor: Extractor | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -449,6 +496,7 @@ class Settings:
             "vnodes",
             "max_key_length",
             "cookie_max_age",
+            "generated_cookie_max_age",
             "eject_after",
             "max_header_bytes",
         )
