@@ -194,11 +194,6 @@ class Forwarding:
         self.max_body = max_body
         self.debug_headers = debug_headers
 
-    def plan(
-        self, decision: Decision, headers: Sequence[tuple[bytes, bytes]], client: tuple[str, int] | None, scheme: str
-    ) -> ForwardPlan:
-        return ForwardPlan(self, decision, headers, client, scheme)
-
     def begin(self, request: ForwardRequest, method: str, target: str) -> Answer | _Signal | int | None:
         """The checks before any attempt: the target's form, then the body's framing. Returns the body's length
         (``0`` none, ``None`` chunked), or the outcome for a request that is not forwarded."""

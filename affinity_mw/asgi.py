@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, TypeAlias
+from typing import Any
 
 from ._forwarding import forward_async
 from ._plan import ABORT, SERVE_LOCAL, Answer, Relay
 from ._scope import RequestBody, ScopeRequest, first_header
-from ._slots import AsyncPeerSlots, AsyncSlots
+from ._slots import AsyncPeerSlots
 from .core import AffinityCore
 from .forward import BODY_TOO_LARGE, AsyncTransport, BodyLimit, BodyTooLarge, ForwardError
 from .router import LOCAL, Decision
@@ -31,9 +31,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 logger = logging.getLogger("affinity_mw")
-# The peer slots under the names contrib.django imports.
-_PeerSlots = AsyncPeerSlots
-_Slots: TypeAlias = AsyncSlots
 
 
 class AffinityMiddleware:

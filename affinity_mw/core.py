@@ -11,21 +11,15 @@ reads (``docs/design.md``).
 from __future__ import annotations
 
 import functools
-import http.client
 import json
 import logging
-import os
-import threading
-import time
-import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
-from ._plan import OWNER_HEADER, SERVED_BY_HEADER, Answer, Forwarding, ForwardPlan, RetryBudget, debug_headers
+from ._plan import Answer, Forwarding, RetryBudget, debug_headers
 from .config import Settings
-from .forward import BODY_TOO_LARGE, DRAINING_HEADER, HEADERS_TOO_LARGE, BodyLimit, Headers
-from .health import PeerHealth
+from .forward import BODY_TOO_LARGE, DRAINING_HEADER, HEADERS_TOO_LARGE, Headers
+from .health import PeerHealth, answers_200
 from .hop import HopMarker, HopSigner
 from .introspect import AUTH_HEADER, Introspection
 from .membership import membership_from_settings
@@ -33,14 +27,13 @@ from .metrics import Metrics
 from .request import RequestView
 from .router import REJECT, Decision, Router
 
-__all__ = ["DRAINING", "NO_KEY_REJECTED", "OWNER_HEADER", "SERVED_BY_HEADER", "AffinityCore", "Incoming"]
+__all__ = ["AffinityCore", "Incoming"]
 
 logger = logging.getLogger("affinity_mw")
 _JSON = "application/json"
 
-DRAINING = (DRAINING_HEADER, b"1")
-NO_KEY_REJECTED = (400, b"This request carries no affinity key (AFFINITY_NO_KEY=reject).\n")
-_NO_KEY_REJECTED = Answer(*NO_KEY_REJECTED)
+_DRAINING = (DRAINING_HEADER, b"1")
+_NO_KEY_REJECTED = Answer(400, b"This request carries no affinity key (AFFINITY_NO_KEY=reject).\n")
 
 
 class Incoming(Protocol):
@@ -91,11 +84,14 @@ class AffinityCore:
             membership = membership_from_settings(settings)
         self.membership = membership
         self.signer = HopSigner(settings.secret, max_age=settings.hop_max_age) if settings.secret else None
+        checks = settings.health_interval if settings.health_path else 0.0  # nothing to ask without the path
         self.health = PeerHealth(
             eject_after=settings.eject_after,
             base=settings.eject_time,
             max_ejection=settings.eject_time * 10,
-            hold_draining=settings.health_interval > 0,
+            hold_draining=checks > 0,
+            check=self._answers_health_path,
+            interval=checks,
         )
         self.router = router = Router(
             membership=membership,
@@ -140,11 +136,6 @@ class AffinityCore:
             if self.signer is not None
             else None
         )
-        self._checker: threading.Thread | None = None
-        if settings.health_interval > 0:
-            self._start_checker()
-            # gunicorn --preload forks workers after this ran: threads do not survive a fork, so start another.
-            os.register_at_fork(after_in_child=functools.partial(_restart_checker, weakref.ref(self)))
 
     @property
     def self_id(self) -> str | None:
@@ -204,17 +195,10 @@ class AffinityCore:
             decision.served_by = self.membership.self_id
         if not (self.debug_headers or self.draining):
             return None
-        extra = self.debug_headers_for(decision) if self.debug_headers else []
+        extra = debug_headers(decision, self.membership.self_id) if self.debug_headers else []
         if self.draining:
-            extra.append(DRAINING)
+            extra.append(_DRAINING)
         return extra
-
-    def plan(
-        self, decision: Decision, headers: Sequence[tuple[bytes, bytes]], client: tuple[str, int] | None, scheme: str
-    ) -> ForwardPlan:
-        if self.forwarding is None:  # Settings requires a secret whenever there is a peer to forward to
-            raise RuntimeError("affinity-mw cannot forward without AFFINITY_SECRET")
-        return self.forwarding.plan(decision, headers, client, scheme)
 
     def refusal(self, header_bytes: int, content_length: bytes | str | None) -> tuple[int, bytes] | None:
         """The 431 or 413 a request gets before routing, or ``None`` to go on.
@@ -234,14 +218,6 @@ class AffinityCore:
             if declared > self.max_body:
                 return BODY_TOO_LARGE
         return None
-
-    def body_limit(self) -> BodyLimit | None:
-        """A counter for one streamed request body, or ``None`` when ``max_body`` is 0 (no limit)."""
-        return BodyLimit(self.max_body) if self.max_body else None
-
-    def debug_headers_for(self, decision: Decision) -> Headers:
-        """``X-Affinity-Served-By`` and ``X-Affinity-Owner`` for a response this node produced or relayed."""
-        return debug_headers(decision, self.membership.self_id)
 
     def start_draining(self) -> None:
         """Shutting down: answer the health path with 503 and mark every response, so load balancers and peers
@@ -304,35 +280,7 @@ class AffinityCore:
             return 200, json.dumps({"node": self.self_id, "status": state}).encode() + b"\n", _JSON
         return self.introspection.respond(method, path, query, client_host, header)
 
-    def _start_checker(self) -> None:
-        self._checker = threading.Thread(target=self._check_set_aside, name="affinity-mw-health", daemon=True)
-        self._checker.start()
-
-    def _check_set_aside(self) -> None:
-        """Active checks: ask set-aside peers' health path and re-admit those that answer 200 before their time."""
-        interval = self.settings.health_interval
-        while True:
-            time.sleep(interval)
-            for node_id in list(self.health.ejected()):
-                node = self.membership.ring.get(node_id)
-                if node is not None and _healthy(node.address + self.health_path, self.settings.connect_timeout):
-                    self.health.readmit(node_id)
-
-
-def _restart_checker(ref: weakref.ref[AffinityCore]) -> None:
-    core = ref()
-    if core is not None:
-        core._start_checker()
-
-
-def _healthy(url: str, timeout: float) -> bool:
-    parts = urlsplit(url)
-    conn_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = conn_class(parts.hostname or "", parts.port, timeout=timeout)
-    try:
-        conn.request("GET", parts.path)
-        return conn.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
+    def _answers_health_path(self, node_id: str) -> bool:
+        """The active check of a set-aside peer (run by :class:`~affinity_mw.health.PeerHealth`'s thread)."""
+        node = self.membership.ring.get(node_id)
+        return node is not None and answers_200(node.address + self.health_path, self.settings.connect_timeout)

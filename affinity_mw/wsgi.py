@@ -14,7 +14,7 @@ import http
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from ._environ import EnvironRequest, RequestBody, environ_headers, environ_key, restore_environ
+from ._environ import EnvironRequest, environ_headers, environ_key
 from ._forwarding import forward_sync
 from ._plan import SERVE_LOCAL, Answer, Relay
 from ._slots import SyncPeerSlots
@@ -33,8 +33,6 @@ DECISION_KEY = "affinity_mw.decision"
 # WSGI has no way to abort before a response starts: a client that left mid-upload gets this, which nobody reads
 # but the access log shows.
 _CLIENT_GONE = Answer(400, b"The client closed the connection before sending the whole body.\n")
-# The names contrib.django imports.
-_PeerSlots, _RequestBody, _restore = SyncPeerSlots, RequestBody, restore_environ
 
 
 class AffinityWSGIMiddleware:
