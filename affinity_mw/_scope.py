@@ -19,8 +19,8 @@ Receive = Callable[[], Awaitable[Message]]
 
 
 class ScopeRequest:
-    """The request as admission and the forward read it, over an HTTP scope: one scan of the headers when built
-    (their size, our internal headers, the hop marker, the key header's first value)."""
+    """The request as admission and the forward read it, over an HTTP or websocket scope: one scan of the headers
+    when built (their size, our internal headers, the hop marker, the key header's first value)."""
 
     __slots__ = (
         "header_bytes", "headers", "hop_token", "internal", "key_header", "key_value", "method", "path", "reader",
@@ -30,7 +30,7 @@ class ScopeRequest:
     def __init__(self, scope: Scope, receive: Receive, key_header: bytes | None) -> None:
         self.scope = scope
         self.receive = receive
-        self.method: str = scope["method"]
+        self.method: str = scope.get("method", "GET")  # a websocket scope has none: its handshake is a GET
         self.path: str = scope["path"]
         self.headers: list[tuple[bytes, bytes]] = scope["headers"]
         self.key_header = key_header
