@@ -139,7 +139,10 @@ class EnvironRequest:
     """The request as admission and the forward read it, over a WSGI environ: the header keys scanned once when
     built (their size, our internal headers), the hop marker and the key header read where WSGI keeps them."""
 
-    __slots__ = ("_view", "environ", "header_bytes", "hop_token", "internal", "key_env", "key_value", "method", "path")
+    __slots__ = (
+        "_headers", "_view", "environ", "header_bytes", "hop_token", "internal", "key_env", "key_value", "method",
+        "path",
+    )  # fmt: skip
     unframed = False  # a WSGI server hands over a body it framed
 
     def __init__(self, environ: Environ, key_env: str | None) -> None:
@@ -152,15 +155,20 @@ class EnvironRequest:
         self.hop_token = hop.encode("latin-1") if hop is not None else None
         self.key_value: str | None = environ.get(key_env) if key_env is not None else None
         self._view: EnvironView | None = None
+        self._headers: Headers | None = None
 
     def restore(self, marker: HopMarker | None) -> None:
         self.environ = environ = restore_environ(self.environ, marker)
+        self._view = self._headers = None
         self.header_bytes = header_scan(environ)[0]
         self.key_value = environ.get(self.key_env) if self.key_env is not None else None
 
     @property
     def headers(self) -> Headers:
-        return self.view().headers  # type: ignore[return-value]
+        """The headers in ASGI's shape, built once (shared with the view, if an extractor asked for them first)."""
+        if self._headers is None:
+            self._headers = self._view.headers if self._view is not None else environ_headers(self.environ)
+        return self._headers
 
     @property
     def client_host(self) -> str | None:
@@ -186,7 +194,7 @@ class EnvironRequest:
         return self.environ.get("HTTP_" + name.upper().replace("-", "_"))
 
     def view(self) -> RequestView:
-        if self._view is None or self._view._environ is not self.environ:
+        if self._view is None:
             self._view = EnvironView(self.environ)
         return self._view
 
