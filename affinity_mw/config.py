@@ -283,9 +283,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "health_interval",
         "AFFINITY_HEALTH_INTERVAL",
-        0.0,
+        1.0,
         _float,
-        "Seconds between active checks of set-aside peers' health path, re-admitting them early; 0 disables.",
+        "Seconds between active checks of set-aside peers' health path; one answering 200 is taken back at once "
+        "(a restarted or drain-undone node). 0 disables: set-aside peers then wait out their time.",
     ),
     Option("vnodes", "AFFINITY_VNODES", 160, _int, "Virtual nodes per unit of weight on the ring."),
     Option(
@@ -435,7 +436,7 @@ class Settings:
     eject_after: int = 5
     eject_time: float = 30.0
     health_path: str = "/_affinity/health"
-    health_interval: float = 0.0
+    health_interval: float = 1.0
     introspection: str = "signed"
     introspection_path: str = "/_affinity"
     vnodes: int = 160
