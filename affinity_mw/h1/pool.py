@@ -37,7 +37,7 @@ from ..forward import (
 )
 from ..loops import PerLoop
 from .connection import Connection
-from .wire import broken, chunked_body, parse_head, request_head, response_framing, take_head
+from .wire import broken, chunked_body, parse_head, request_head, response_framing, stray_body, take_head
 
 __all__ = ["AsyncioTransport"]
 
@@ -294,17 +294,18 @@ class AsyncioTransport:
                 sent = asyncio.ensure_future(_send_body(conn, chunks, request.content_length, remaining))
                 sent.add_done_callback(_retrieve)
             status, raw, version = await _read_head(conn, sent)
-            interim_keep = True
+            stray = False
             while status < 200:
                 if status == 101:
                     raise BadResponse("the peer switched protocols; upgrades are not forwarded")
-                # 100 Continue, 103: not relayed; one that declares a body may send bytes nobody would read.
-                interim_keep = response_framing(request.method, status, raw, version)[1] and interim_keep
+                # 100 Continue, 103: checked, not relayed; one that declares a body may send bytes nobody reads.
+                response_framing(request.method, status, raw, version)
+                stray = stray or stray_body(request.method, status, raw)
                 status, raw, version = await _read_head(conn, sent)
             conn.head_phase = False
             conn.arm(self.read_timeout)  # from here on: the longest silence while the body streams
             length, keep = response_framing(request.method, status, raw, version)
-            keep = keep and interim_keep
+            keep = keep and not stray
         except BaseException:
             if sent is not None and not sent.done():
                 sent.cancel()

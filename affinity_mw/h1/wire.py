@@ -130,8 +130,11 @@ def response_framing(
     method: str, status: int, fields: list[tuple[bytes, bytes]], version: bytes
 ) -> tuple[int | None, bool]:
     """How the response body is delimited (bytes to read, -1 chunked, None until close) and whether the
-    connection may be reused once it is read (RFC 9112 6.3, 9.3; h11's rules)."""
-    length, chunked, close = _framing_fields(fields)
+    connection may be reused once it is read (RFC 9112 6.3, 9.3; h11's rules). A Content-Length given as a list
+    of one repeated value, or repeated, is relayed once, as h11 reads it."""
+    length, chunked, close, canonical = _framing_fields(fields)
+    if not canonical:
+        _one_length(fields, length)
     keep = version >= b"1.1" and not close
     if chunked and length is not None:
         raise BadResponse("both Transfer-Encoding and Content-Length in a response")
@@ -158,18 +161,23 @@ def stray_body(method: str, status: int, fields: Iterable[tuple[bytes, bytes]]) 
     return False
 
 
-def _framing_fields(fields: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bool, bool]:
-    """The Content-Length (checked), whether the body is chunked, whether ``Connection`` says close."""
+def _framing_fields(fields: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bool, bool, bool]:
+    """The Content-Length (checked), whether the body is chunked, whether ``Connection`` says close, and whether
+    the Content-Length was given once and plainly."""
     length: bytes | None = None
     chunked = close = False
+    canonical = True
     for name, value in fields:
         if name == b"content-length":
-            values = {v.strip() for v in value.split(b",")}
-            if len(values) != 1:
-                raise BadResponse("conflicting Content-Length values")
-            value = values.pop()
+            if not value.isdigit():
+                values = {v.strip() for v in value.split(b",")}
+                if len(values) != 1:
+                    raise BadResponse("conflicting Content-Length values")
+                value = values.pop()
+                canonical = False
             if not value.isdigit() or len(value) > 20 or (length is not None and value != length):
                 raise BadResponse("a malformed or conflicting Content-Length")
+            canonical = canonical and length is None
             length = value
         elif name == b"transfer-encoding":
             if chunked or value.lower() != b"chunked":
@@ -177,7 +185,13 @@ def _framing_fields(fields: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bo
             chunked = True
         elif name == b"connection" and b"close" in {t.strip() for t in value.lower().split(b",")}:
             close = True
-    return length, chunked, close
+    return length, chunked, close, canonical
+
+
+def _one_length(fields: list[tuple[bytes, bytes]], length: bytes | None) -> None:
+    first = next(i for i, (name, _) in enumerate(fields) if name == b"content-length")
+    fields[:] = [f for i, f in enumerate(fields) if i <= first or f[0] != b"content-length"]
+    fields[first] = (b"content-length", length or b"")
 
 
 def broken(conn: Source, what: str) -> ForwardError:
@@ -252,7 +266,7 @@ async def _trailers(conn: Source) -> None:
             break
         trailers = take_head(buf) if len(buf) > 1 else None
         if trailers is not None:
-            _framing_fields(parse_fields(trailers))  # h11 checks trailers as it checks headers
+            _framing_fields(parse_fields(trailers))  # checked as h11 checks them, then dropped
             break
         if conn.eof:
             raise broken(conn, "peer closed in the trailers")
