@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup test lint demo bench bench-instructions reliability clean
+.PHONY: setup test lint demo bench bench-hot bench-instructions reliability clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/http_bench.py --no-ring --uvloop $(BENCH_RUN) --json bench/results/http.json
 	$(BIN)/python bench/http_bench.py --wsgi $(BENCH_RUN) --json bench/results/http-wsgi.json
 	$(BIN)/python bench/report.py --write docs/benchmarks.md
+	$(MAKE) bench-hot
+
+# Hot tenants on a real 3-node cluster, with and without bounded loads, side by side (about 1.5 minutes).
+bench-hot: $(STAMP)
+	$(BIN)/python bench/hot_tenants.py --json bench/results/hot_tenants.json --write docs/benchmarks.md
 
 # Instructions per request under valgrind (about 7 minutes): the local path and the forward against bare with
 # no noise from the machine; rewrites its block in docs/benchmarks.md.

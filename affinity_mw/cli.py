@@ -3,6 +3,7 @@
     affinity-mw owner KEY...            who owns these keys, and the failover order
     affinity-mw ring                    share of the keyspace per node, balance, checksum
     affinity-mw simulate --add 1        how many keys move when nodes join or leave, against the ideal
+    affinity-mw simulate --zipf 1.1     a skewed tenant mix: per-node load with and without bounded loads
     affinity-mw check URL...            do all nodes agree on the ring? (asks each node's introspection path)
     affinity-mw drain [URL] [--undo]    make a node drain before it stops (a Kubernetes preStop hook)
     affinity-mw demo                    a real local cluster: traffic, a node killed, a node added
@@ -21,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .balance import DEFAULT_FLOOR
 from .membership import StaticMembership, normalize_url
 from .ring import DEFAULT_ALGORITHM, Node, Ring, build_ring, hash_key
 
@@ -81,6 +83,8 @@ def cmd_ring(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    if args.zipf is not None or args.mix is not None:
+        return _simulate_skew(args)
     before = _ring(args)
     nodes = {n.id: n for n in before.nodes}
     for raw in args.remove:
@@ -116,6 +120,40 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_skew(args: argparse.Namespace) -> int:
+    """The skewed-load simulation (:mod:`affinity_mw.loadsim`): the same requests routed to their owners, then
+    with bounded loads at ``--factor``."""
+    from .loadsim import load_mix, simulate, zipf_mix
+
+    if args.add or args.add_node or args.remove:
+        raise SystemExit("affinity-mw simulate: --zipf/--mix simulate load on the current members; drop --add/--remove")
+    if args.zipf is not None and args.mix is not None:
+        raise SystemExit("affinity-mw simulate: give either --zipf or --mix, not both")
+    ring = _ring(args)
+    mix = load_mix(args.mix) if args.mix is not None else zipf_mix(args.tenants, args.zipf, args.hot_share)
+    heaviest = max(mix, key=lambda item: item[1])[0]
+    options = {
+        "requests": args.requests, "load": args.load, "slots": args.slots, "service": args.service_ms / 1000,
+        "hop": args.hop_ms / 1000, "floor": args.floor, "seed": args.seed,
+    }  # fmt: skip
+    runs = [simulate(ring, mix, factor=factor, **options).summary([heaviest]) for factor in (None, args.factor)]
+    data = {"heaviest_key": heaviest, "without": runs[0], "with": runs[1]}
+    table = [["node", "owner only", f"factor {args.factor:g}"]]
+    for node in runs[0]["nodes"]:  # type: ignore[attr-defined]
+        shares = [f"{100 * run['nodes'][node]['share']:.1f}%" for run in runs]  # type: ignore[index]
+        table.append([node, *shares])
+    rows = [
+        ("busiest / mean", "max_over_mean", "{:.3f}"), ("p50 latency", "p50_ms", "{:.1f} ms"),
+        ("p99 latency", "p99_ms", "{:.1f} ms"), ("requests moved off their owner", "spilled", "{}"),
+        (f"locality of all but {heaviest!r}", "locality_others", "{:.2%}"),
+    ]  # fmt: skip
+    footer = "\n" + "\n".join(
+        f"{label:<34}{fmt.format(runs[0][field]):>14}{fmt.format(runs[1][field]):>14}" for label, field, fmt in rows
+    )
+    _print(args, data, table, footer)
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     import urllib3
 
@@ -127,19 +165,32 @@ def cmd_check(args: argparse.Namespace) -> int:
         headers[AUTH_HEADER] = sign_request([s.strip() for s in secret.split(",") if s.strip()])
     path = args.path.rstrip("/") + "/status.json"
     http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=5), retries=False)
+    # A node shows its status only to signed requests; anything else gets the app's own answer for the path (often
+    # 404), so an answer other than 200 means "reachable, but would not tell", never "unreachable".
+    refused = (
+        "reachable; unsigned request not answered: set AFFINITY_SECRET or pass --secret"
+        if not secret
+        else "reachable; did not accept the signed request: another secret, AFFINITY_INTROSPECTION=off, or "
+        "another AFFINITY_INTROSPECTION_PATH (--path)"
+    )
     results: list[dict[str, Any]] = []
     for url in args.urls:
         base = url.rstrip("/")
         try:
             r = http.request("GET", base + path, headers=headers)
+        except urllib3.exceptions.HTTPError as exc:
+            results.append({"url": base, "ok": False, "reachable": False, "error": str(exc)})
+            continue
+        try:
             if r.status != 200:
-                raise ValueError(f"HTTP {r.status} (is AFFINITY_SECRET right, or introspection off?)")
+                raise ValueError(f"HTTP {r.status}")
             info = json.loads(r.data)
-            results.append({"url": base, "ok": True, "node": info["node"], "status": info["status"],
-                            "checksum": info["ring"]["checksum"], "members": len(info["ring"]["members"]),
+            ring = info["ring"]
+            results.append({"url": base, "ok": True, "reachable": True, "node": info["node"], "status": info["status"],
+                            "checksum": ring["checksum"], "members": len(ring["members"]),
                             "locality_ratio": info["locality_ratio"]})  # fmt: skip
-        except Exception as exc:
-            results.append({"url": base, "ok": False, "error": str(exc)})
+        except (ValueError, KeyError, TypeError) as exc:
+            results.append({"url": base, "ok": False, "reachable": True, "error": f"{refused} ({exc})"})
     checksums = {row["checksum"] for row in results if row["ok"]}
     agree = len(checksums) == 1 and all(row["ok"] for row in results)
     table = [["url", "status", "checksum", "members", "locality"]]
@@ -148,9 +199,15 @@ def cmd_check(args: argparse.Namespace) -> int:
             ratio = "n/a" if row["locality_ratio"] is None else f"{100 * row['locality_ratio']:.1f}%"
             table.append([row["url"], row["status"], row["checksum"], str(row["members"]), ratio])
         else:
-            table.append([row["url"], "UNREACHABLE", "-", "-", row["error"][:60]])
-    verdict = "all nodes agree on the ring" if agree else "NODES DISAGREE (or some are unreachable)"
-    _print(args, {"agree": agree, "nodes": results}, table, f"\n{verdict}")
+            table.append([row["url"], "REACHABLE" if row["reachable"] else "UNREACHABLE", "-", "-", "-"])
+    if agree:
+        verdict = "all nodes agree on the ring"
+    elif len(checksums) > 1:
+        verdict = "NODES DISAGREE on the ring"
+    else:
+        verdict = "CANNOT COMPARE the rings"
+    notes = "".join(f"\n{row['url']}: {row['error']}" for row in results if not row["ok"])
+    _print(args, {"agree": agree, "nodes": results}, table, f"\n{verdict}{notes}")
     return 0 if agree else 1
 
 
@@ -177,6 +234,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(short=args.short, app=args.app, app_dir=args.app_dir)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="affinity-mw", description=__doc__.split("\n\n")[0] if __doc__ else None,
@@ -192,10 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_owner)
     p = sub.add_parser("ring", parents=[common], help="share of keys per node, balance, checksum")
     p.set_defaults(func=cmd_ring)
-    p = sub.add_parser("simulate", parents=[common], help="keys moved by a membership change")
+    p = sub.add_parser("simulate", parents=[common], help="keys moved by a membership change, or a skewed load")
     p.add_argument("--add", type=int, default=0, help="number of new nodes to add")
     p.add_argument("--add-node", action="append", default=[], metavar="URL", help="a new node to add (repeatable)")
     p.add_argument("--remove", action="append", default=[], metavar="URL", help="a node to remove (repeatable)")
+    skew = p.add_argument_group("skewed load (with --zipf or --mix): per-node load with and without bounded loads")
+    skew.add_argument("--zipf", type=float, metavar="S", help="tenants' request weights in proportion to 1/rank**S")
+    skew.add_argument("--tenants", type=_positive_int, default=200, help="Zipf tenants (default: %(default)s)")
+    skew.add_argument("--hot-share", type=float, default=0.0, help="share of one extra tenant 'hot' (e.g. 0.35)")
+    skew.add_argument("--mix", metavar="FILE", help="tenant mix: one 'KEY WEIGHT' per line")
+    skew.add_argument("--load", type=float, default=0.65, help="arrivals as a share of capacity (%(default)s)")
+    skew.add_argument("--slots", type=_positive_int, default=2, help="requests a node serves at once (%(default)s)")
+    skew.add_argument("--service-ms", type=float, default=20.0, help="time to serve one (%(default)s)")
+    skew.add_argument("--hop-ms", type=float, default=0.5, help="one way of a forward (%(default)s)")
+    skew.add_argument("--factor", type=float, default=1.25, help="AFFINITY_BALANCE_FACTOR to compare (%(default)s)")
+    skew.add_argument("--floor", type=int, default=DEFAULT_FLOOR, help="AFFINITY_BALANCE_FLOOR (%(default)s)")
+    skew.add_argument("--requests", type=_positive_int, default=50_000, help="requests simulated (%(default)s)")
+    skew.add_argument("--seed", type=int, default=1, help="random seed: the same seed, the same run")
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("check", help="ask nodes whether they agree on the ring")
     p.add_argument("urls", nargs="+", metavar="URL")

@@ -10,17 +10,46 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ._addresses import normalize_url
 from .keys import Extractor, KeyOptions, from_spec
 
-__all__ = ["OPTIONS", "ConfigurationError", "Option", "Settings"]
+__all__ = ["OPTIONS", "ConfigurationError", "Option", "Settings", "member_ids"]
 
 
 class ConfigurationError(ValueError):
     """A setting is missing, malformed or inconsistent; raised at start-up, never per request."""
+
+
+def member_ids(peers: Iterable[str], self_url: str | None) -> tuple[list[str], str | None]:
+    """The node ids of a static member list and this node's id, or ``ValueError`` naming the first problem.
+
+    Settings validation and :class:`~affinity_mw.membership.StaticMembership` share it, so a deploy learns
+    about a foreign ``AFFINITY_SELF`` in the same error as every other setting.
+    """
+    seen: dict[str, str] = {}
+    for raw in peers:
+        url = normalize_url(raw)
+        if url in seen:
+            raise ValueError(f"Peer {raw!r} is listed twice (as {seen[url]!r} and {raw!r}).")
+        seen[url] = raw
+    ids = list(seen)
+    if self_url is not None:
+        self_id = normalize_url(self_url)
+        if ids and self_id not in seen:
+            raise ValueError(
+                f"This node ({self_url!r}, AFFINITY_SELF) is not one of the peers ({', '.join(seen.values())})."
+            )
+        return ids, self_id
+    return ids, ids[0] if len(ids) == 1 else None
+
+
+def _report(errors: list[str]) -> ConfigurationError:
+    """One error for every problem; the parts come from several modules, some ending in a full stop."""
+    return ConfigurationError("Invalid affinity-mw settings: " + "; ".join(e.rstrip(".") for e in errors) + ".")
 
 
 def _str(value: str) -> str:
@@ -42,6 +71,11 @@ def _bool(value: str) -> bool:
     if lowered in {"0", "false", "no", "off", ""}:
         return False
     raise ValueError(f"expected one of 1/0, true/false, yes/no, on/off, got {value!r}")
+
+
+def _auto_bool(value: str) -> bool | None:
+    """``auto`` (``None``: decided per request), or a boolean."""
+    return None if value.strip().lower() == "auto" else _bool(value)
 
 
 def _float(value: str) -> float:
@@ -321,6 +355,42 @@ OPTIONS: tuple[Option, ...] = (
         _int,
         "Oldest signed cookie accepted, in seconds (Flask's default session lifetime).",
     ),
+    Option(
+        "generated_cookie_max_age",
+        "AFFINITY_GENERATED_COOKIE_MAX_AGE",
+        24 * 3600,
+        _int,
+        "Seconds a `generated-cookie:` cookie lives (its `Max-Age`, and the oldest signature accepted).",
+    ),
+    Option(
+        "generated_cookie_secure",
+        "AFFINITY_GENERATED_COOKIE_SECURE",
+        None,
+        _auto_bool,
+        "`Secure` on the generated cookie: `auto` (unset: when the client's request was HTTPS), `1` or `0`.",
+    ),
+    Option(
+        "generated_cookie_http_only",
+        "AFFINITY_GENERATED_COOKIE_HTTPONLY",
+        True,
+        _bool,
+        "`HttpOnly` on the generated cookie.",
+    ),
+    Option(
+        "generated_cookie_same_site",
+        "AFFINITY_GENERATED_COOKIE_SAMESITE",
+        "Lax",
+        _choice("lax", "strict", "none"),
+        "`SameSite` of the generated cookie: `lax`, `strict` or `none` (which adds `Secure`).",
+    ),
+    Option("generated_cookie_path", "AFFINITY_GENERATED_COOKIE_PATH", "/", _str, "`Path` of the generated cookie."),
+    Option(
+        "generated_cookie_domain",
+        "AFFINITY_GENERATED_COOKIE_DOMAIN",
+        None,
+        _opt_str,
+        "`Domain` of the generated cookie; unset, it goes back to the issuing host only.",
+    ),
 )
 
 _BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -370,9 +440,15 @@ class Settings:
     jwt_issuer: str | None = None
     jwt_from: str = "header:Authorization"
     jwt_leeway: float = 0.0
-    cookie_secret: tuple[str, ...] = ()
+    cookie_secret: tuple[str | bytes, ...] = ()
     cookie_salt: str = "cookie-session"
     cookie_max_age: int = 31 * 24 * 3600
+    generated_cookie_max_age: int = 24 * 3600
+    generated_cookie_secure: bool | None = None
+    generated_cookie_http_only: bool = True
+    generated_cookie_same_site: str = "Lax"
+    generated_cookie_path: str = "/"
+    generated_cookie_domain: str | None = None
     extractor: Extractor | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -407,7 +483,7 @@ class Settings:
             else:
                 values[option.name] = option.default
         if errors:
-            raise ConfigurationError("Invalid affinity-mw settings: " + "; ".join(errors) + ".")
+            raise _report(errors)
         settings = cls(**values)
         return settings._validated()
 
@@ -420,6 +496,7 @@ class Settings:
             "vnodes",
             "max_key_length",
             "cookie_max_age",
+            "generated_cookie_max_age",
             "eject_after",
             "max_header_bytes",
         )
@@ -468,6 +545,11 @@ class Settings:
             errors.append(f"dns_port (AFFINITY_DNS_PORT) must be a TCP port, got {self.dns_port!r}")
         if not self.dns_refresh >= 1:
             errors.append("dns_refresh (AFFINITY_DNS_REFRESH) must be at least 1 second")
+        if not self.dns:
+            try:
+                member_ids(self.peers, self.self_url)
+            except ValueError as exc:
+                errors.append(str(exc))
         if any(len(s) < 16 for s in self.secret):
             errors.append("every AFFINITY_SECRET must be at least 16 characters long")
         extractor: Extractor | None = None
@@ -477,11 +559,12 @@ class Settings:
             try:
                 extractor = from_spec(self.key, self.key_options())
             except (ValueError, ImportError) as exc:
-                errors.append(f"AFFINITY_KEY: {exc}")
+                message = str(exc)  # the key parser's messages name AFFINITY_KEY themselves, most of them
+                errors.append(message if "AFFINITY_KEY" in message else f"AFFINITY_KEY: {message}")
         elif self.key is not None:
             errors.append(f"key must be a spec string or a callable, got {type(self.key).__name__}")
         if errors:
-            raise ConfigurationError("Invalid affinity-mw settings: " + "; ".join(errors) + ".")
+            raise _report(errors)
         object.__setattr__(self, "extractor", extractor)
         return self
 

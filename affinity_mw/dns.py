@@ -29,7 +29,6 @@ import ipaddress
 import logging
 import os
 import random
-import socket
 import threading
 import time
 import weakref
@@ -37,7 +36,6 @@ from collections.abc import Iterable, Sequence
 from functools import reduce
 from math import gcd
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import dns.exception
 import dns.name
@@ -45,7 +43,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from .membership import normalize_url
+from ._addresses import IPAddress, find_self, normalize_url, parse_nameservers, url_host
 from .ring import DEFAULT_ALGORITHM, DEFAULT_VNODES, Node, Ring, build_ring
 
 if TYPE_CHECKING:
@@ -69,8 +67,6 @@ FIRST_BACKOFF = 0.25
 WARN_EVERY = 60.0
 """While lookups keep failing, one warning per this many seconds (plus the first): enough to notice, not a flood."""
 
-_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 
 class _LookupFailed(Exception):
     """A lookup produced no usable membership (empty answer, nothing resolvable, ring too large)."""
@@ -78,53 +74,6 @@ class _LookupFailed(Exception):
 
 class _Closed(Exception):
     """:meth:`DnsMembership.close` was called during a lookup: stop without counting a failure."""
-
-
-def parse_nameservers(entries: Iterable[str]) -> list[tuple[str, int]]:
-    """``host[:port]`` entries (port 53 by default, IPv6 in brackets) as ``(ip, port)`` pairs.
-
-    A host name is resolved once, here, with the system resolver: the nameservers are what the membership
-    lookups go through, so they cannot themselves depend on those lookups. Raises ``ValueError`` with the
-    offending entry, at start-up.
-    """
-    result: list[tuple[str, int]] = []
-    for raw in entries:
-        text = raw.strip()
-        if not text:
-            continue
-        host, port = _split_host_port(text)
-        try:
-            addresses = [str(ipaddress.ip_address(host))]
-        except ValueError:
-            try:
-                infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-            except OSError as exc:
-                raise ValueError(f"DNS nameserver {raw!r} (AFFINITY_DNS_NAMESERVER) does not resolve: {exc}.") from None
-            addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        for address in addresses:
-            if (address, port) not in result:
-                result.append((address, port))
-    return result
-
-
-def _split_host_port(text: str) -> tuple[str, int]:
-    port_text = ""
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"DNS nameserver {text!r} (AFFINITY_DNS_NAMESERVER) must be [ipv6] or [ipv6]:port.")
-        port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host = text  # a bare IPv6 address (several colons) or a host without a port
-    if not host:
-        raise ValueError(f"DNS nameserver {text!r} (AFFINITY_DNS_NAMESERVER) has no host.")
-    if not port_text:
-        return host, 53
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"DNS nameserver {text!r} (AFFINITY_DNS_NAMESERVER) has an invalid port {port_text!r}.")
-    return host, int(port_text)
 
 
 def ring_weights(srv_weights: Sequence[int]) -> list[int]:
@@ -145,42 +94,6 @@ def ring_weights(srv_weights: Sequence[int]) -> list[int]:
     if top > MAX_WEIGHT:
         weights = [max(1, round(w * MAX_WEIGHT / top)) for w in weights]
     return weights
-
-
-def _url_host(url: str) -> str:
-    return url if ":" not in url else f"[{url}]"
-
-
-def _address_host_ip(address: str) -> _IPAddress | None:
-    try:
-        host = urlsplit(address).hostname
-        return ipaddress.ip_address(host) if host else None
-    except ValueError:
-        return None
-
-
-def _host_addresses() -> frozenset[_IPAddress]:
-    """This host's non-loopback addresses: those of its name, and the source address of its default routes.
-
-    Loopback addresses are left out because every process on the host has them: on a dev box whose members are
-    127.0.0.1-3 and whose host name resolves to 127.0.0.1, each process would otherwise believe it is the
-    first member. The route source (a UDP ``connect``, which sends nothing) covers containers whose host name
-    resolves only to loopback.
-    """
-    found: set[_IPAddress] = set()
-    try:
-        for info in socket.getaddrinfo(socket.gethostname(), None):
-            found.add(ipaddress.ip_address(str(info[4][0]).split("%")[0]))
-    except (OSError, ValueError):
-        pass
-    for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
-        try:
-            with socket.socket(family, socket.SOCK_DGRAM) as sock:
-                sock.connect((probe, 9))
-                found.add(ipaddress.ip_address(str(sock.getsockname()[0]).split("%")[0]))
-        except (OSError, ValueError):
-            pass
-    return frozenset(ip for ip in found if not ip.is_loopback and not ip.is_unspecified)
 
 
 def _describe(exc: BaseException) -> str:
@@ -274,7 +187,6 @@ class DnsMembership:
             "last_success_monotonic": None,
             "changes": 0,
         }
-        self._host_ips: frozenset[_IPAddress] | None = None
         self._init_locks()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -416,7 +328,7 @@ class DnsMembership:
 
     def _lookup_addresses(self, stop: threading.Event | None) -> tuple[list[Node], float | None]:
         """A and AAAA of the name: every address is a member, its URL both id and address."""
-        ips: list[_IPAddress] = []
+        ips: list[IPAddress] = []
         ttls: list[float] = []
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
             if stop is not None and stop.is_set():
@@ -425,7 +337,7 @@ class DnsMembership:
             ips.extend(ipaddress.ip_address(r.address) for r in records)
             if ttl is not None:
                 ttls.append(ttl)
-        urls = dict.fromkeys(normalize_url(f"{self.scheme}://{_url_host(str(ip))}:{self.port}") for ip in ips)
+        urls = dict.fromkeys(normalize_url(f"{self.scheme}://{url_host(str(ip))}:{self.port}") for ip in ips)
         return [Node(id=url, address=url) for url in urls], min(ttls, default=None)
 
     def _lookup_srv(self, stop: threading.Event | None) -> tuple[list[Node], float | None]:
@@ -459,7 +371,7 @@ class DnsMembership:
             try:
                 ip, target_ttl = self._target_address(dns.name.from_text(target))
                 if ip is not None:
-                    address = normalize_url(f"{self.scheme}://{_url_host(str(ip))}:{port}")
+                    address = normalize_url(f"{self.scheme}://{url_host(str(ip))}:{port}")
                     if target_ttl is not None:
                         ttls.append(target_ttl)
             except dns.resolver.NXDOMAIN:
@@ -479,7 +391,7 @@ class DnsMembership:
             self._warn(f"SRV target(s) of {self.name} left out because they do not resolve: {', '.join(left_out)}")
         return nodes, min(ttls, default=None)
 
-    def _target_address(self, target: dns.name.Name) -> tuple[_IPAddress | None, float | None]:
+    def _target_address(self, target: dns.name.Name) -> tuple[IPAddress | None, float | None]:
         """One address for an SRV target: its lowest A record, else its lowest AAAA record."""
         for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
             records, ttl = self._resolve(target, rdtype)
@@ -518,7 +430,7 @@ class DnsMembership:
     def _apply(self, nodes: list[Node]) -> None:
         """Swap in a ring for ``nodes`` if anything the router uses changed, and re-evaluate self."""
         old = self.ring
-        new_self = self._find_self(nodes)
+        new_self = find_self(nodes, self._self_url)
         if new_self != self.self_id:
             if new_self is None:
                 logger.info("affinity-mw: this node is not (or no longer) a member of %s", self.name)
@@ -565,43 +477,6 @@ class DnsMembership:
         self._last_warning = now
         self._suppressed = 0
         logger.warning("affinity-mw: %s%s", message, suffix)
-
-    # ------------------------------------------------------------------ self
-
-    def _find_self(self, nodes: Sequence[Node]) -> str | None:
-        """This node's member id, or ``None`` when it is not (recognisably) a member.
-
-        An explicit ``self_url`` wins; it may name the member's id or, with SRV, its address. Otherwise the
-        member whose address host is ``POD_IP`` (comma-separated for dual-stack), or else one of this host's
-        non-loopback addresses, is this node, but only if exactly one member matches: several members on one
-        host cannot be told apart by IP (the port this process serves is not known here), and guessing wrong
-        would make two nodes both serve a key.
-        """
-        if self._self_url is not None:
-            for node in nodes:
-                if node.id == self._self_url:
-                    return node.id
-            for node in nodes:
-                if node.address == self._self_url:
-                    return node.id
-            return self._self_url
-        mine = self._own_ips()
-        matches = [node.id for node in nodes if _address_host_ip(node.address) in mine]
-        return matches[0] if len(matches) == 1 else None
-
-    def _own_ips(self) -> frozenset[_IPAddress]:
-        pod_ip = os.environ.get("POD_IP", "").strip()
-        if pod_ip:
-            ips: set[_IPAddress] = set()
-            for part in pod_ip.split(","):
-                try:
-                    ips.add(ipaddress.ip_address(part.strip()))
-                except ValueError:
-                    self._warn(f"POD_IP {pod_ip!r} is not an IP address; ignored")
-            return frozenset(ips)
-        if self._host_ips is None:  # the host's addresses do not change while it runs; ask once
-            self._host_ips = _host_addresses()
-        return self._host_ips
 
     # ------------------------------------------------------------------ introspection
 

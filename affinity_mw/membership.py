@@ -10,44 +10,13 @@ reference, so a request finishes on the ring it started with and the hot path ta
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any
 
+from ._addresses import normalize_url
+from .config import Settings, member_ids
 from .ring import DEFAULT_ALGORITHM, Node, build_ring
 
-if TYPE_CHECKING:
-    from .config import Settings
-
 __all__ = ["StaticMembership", "membership_from_settings", "normalize_url"]
-
-
-def normalize_url(url: str) -> str:
-    """Canonical form of a node's base URL, so ``HTTP://Host:80/`` and ``http://host`` are the same node.
-
-    Every node must derive the same ring from the same list, so spelling differences must not create different
-    node ids. Only a scheme, a host and a port are allowed: a path, query or credentials in a peer URL is almost
-    always a copy-paste mistake, and silently dropping it would route to the wrong place.
-    """
-    raw = url.strip()
-    try:
-        parts = urlsplit(raw)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"Peer URL {url!r} is malformed: {exc}.") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"Peer URL {url!r} must start with http:// or https://.")
-    if not parts.hostname:
-        raise ValueError(f"Peer URL {url!r} has no host.")
-    if parts.username or parts.password:
-        raise ValueError(f"Peer URL {url!r} must not carry credentials.")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"Peer URL {url!r} must be a base URL (scheme, host and port only, no path or query).")
-    host = parts.hostname.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    default_port = 443 if parts.scheme == "https" else 80
-    port = default_port if port is None else port
-    return f"{parts.scheme}://{host}:{port}"
 
 
 class StaticMembership:
@@ -66,23 +35,8 @@ class StaticMembership:
         vnodes: int = 160,
         algorithm: str = DEFAULT_ALGORITHM,
     ) -> None:
-        seen: dict[str, str] = {}
-        nodes: list[Node] = []
-        for raw in peers:
-            url = normalize_url(raw)
-            if url in seen:
-                raise ValueError(f"Peer {raw!r} is listed twice (as {seen[url]!r} and {raw!r}).")
-            seen[url] = raw
-            nodes.append(Node(id=url, address=url))
-        self_id: str | None = None
-        if self_url is not None:
-            self_id = normalize_url(self_url)
-            if nodes and self_id not in seen:
-                raise ValueError(
-                    f"This node ({self_url!r}, AFFINITY_SELF) is not one of the peers ({', '.join(seen.values())})."
-                )
-        elif len(nodes) == 1:
-            self_id = nodes[0].id
+        ids, self_id = member_ids(peers, self_url)
+        nodes = [Node(id=url, address=url) for url in ids]
         self.self_id = self_id
         self.ring = build_ring(nodes, algorithm, vnodes=vnodes)
 

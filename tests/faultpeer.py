@@ -34,6 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from cluster import stop_group
+
 MODES = ("hang", "reset", "midbody", "midbody-chunked", "status", "stale")
 BODY_BYTE = b"x"
 
@@ -224,17 +226,8 @@ class FaultPeer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        if proc is not None:
+            stop_group(proc)
 
     def __enter__(self) -> FaultPeer:
         return self.start()

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cluster import SECRET, Cluster
+from cluster import SECRET, Cluster, free_port
 
 from affinity_mw import StaticMembership, hash_key
 
@@ -74,9 +74,17 @@ def test_check_agreeing_and_disagreeing_clusters(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stdout + r.stderr
         data = json.loads(r.stdout)
         assert data["agree"] is True and len({n["checksum"] for n in data["nodes"]}) == 1
-        # Unsigned (wrong secret): the nodes do not reveal their status.
+        # Signed with another secret, or not signed: the nodes do not reveal their status, and the command says
+        # that they answered (reachable) and why they would not tell, never "unreachable".
         r = cli("check", *c.urls, env={"AFFINITY_SECRET": "wrong-secret-0123456789"})
-        assert r.returncode == 1 and "UNREACHABLE" in r.stdout
+        assert r.returncode == 1 and "UNREACHABLE" not in r.stdout and r.stdout.count("REACHABLE") == 3, r.stdout
+        assert "did not accept the signed request" in r.stdout and "CANNOT COMPARE" in r.stdout
+        r = cli("check", *c.urls)
+        assert r.returncode == 1 and "UNREACHABLE" not in r.stdout and r.stdout.count("REACHABLE") == 3, r.stdout
+        assert r.stdout.count("unsigned request not answered: set AFFINITY_SECRET or pass --secret") == 3
+        # A node that is down is unreachable.
+        r = cli("check", c.urls[0], f"http://127.0.0.1:{free_port(['127.0.0.1'])}", env={"AFFINITY_SECRET": SECRET})
+        assert r.returncode == 1 and r.stdout.count("UNREACHABLE") == 1, r.stdout
         # Node 3 restarted with a member list that lacks node 1: its checksum differs.
         c.nodes[2].stop()
         c.nodes[2].env["AFFINITY_PEERS"] = ",".join(c.urls[1:])

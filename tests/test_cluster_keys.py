@@ -3,15 +3,23 @@ tampered cookies follow the no-key policy (served locally, or 400 with reject), 
 
 from __future__ import annotations
 
+import select
+import socket
+import statistics
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import httpx
 import jwt
 import pytest
 from cluster import Cluster
+from cryptography.hazmat.primitives.asymmetric import rsa
+from figures import Figures
 from flask import Flask
 
 from affinity_mw import StaticMembership
@@ -138,3 +146,114 @@ def test_bad_token_falls_through_to_next_source(cluster: Cluster) -> None:
 
 def test_cluster_logs_show_no_server_errors(cluster: Cluster, tmp_path: Path) -> None:
     assert "Traceback" not in cluster.logs()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A hung JWKS issuer
+# ----------------------------------------------------------------------------------------------------------
+
+
+class HungIssuer:
+    """A JWKS endpoint that accepts connections, reads the request and never answers (a hung identity
+    provider). Counts the connections the node opens, and the most it holds open at once."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/.well-known/jwks.json"
+        self.accepted = 0
+        self.max_open = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        conns: list[socket.socket] = []
+        try:
+            while not self._stop.is_set():
+                ready, _, _ = select.select([self.listener, *conns], [], [], 0.05)
+                for sock in ready:
+                    if sock is self.listener:
+                        conn, _ = self.listener.accept()
+                        conns.append(conn)
+                        self.accepted += 1
+                    elif not sock.recv(65536):  # the node gave up (its timeout): the connection is over
+                        sock.close()
+                        conns.remove(sock)
+                self.max_open = max(self.max_open, len(conns))
+        finally:
+            for conn in conns:
+                conn.close()
+
+    def __enter__(self) -> HungIssuer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.listener.close()
+
+
+def rs256_token(kid: str, tenant: str = "acme") -> str:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    claims = {"tenant": tenant, "exp": int(time.time()) + 300}
+    return jwt.encode(claims, private, algorithm="RS256", headers={"kid": kid})
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    ("server", "app"), [("uvicorn", "tests.apps.asgi_app:app"), ("gunicorn-gthread", "tests.apps.wsgi_app:app")]
+)
+def test_hung_jwks_issuer_never_delays_a_request(tmp_path: Path, server: str, app: str, figures: Figures) -> None:
+    """The key set is fetched off the request path: while the issuer hangs, a request without a token and one
+    with an RS256 token (its key unknown) both answer at once, without a key (the no-key policy), and the node
+    holds at most one connection to the issuer whatever the clients send."""
+    tokens = [rs256_token("k1")] + [rs256_token(f"made-up-{i}") for i in range(11)]
+    with HungIssuer() as issuer:
+        env = {
+            "AFFINITY_KEY": "jwt:tenant",
+            "AFFINITY_JWT_KEY": issuer.url,
+            "AFFINITY_JWT_ALGORITHMS": "RS256",
+            "AFFINITY_NO_KEY": "local",
+        }
+        with Cluster(tmp_path, n=1, server=server, app=app, env=env) as c:
+            url = f"{c.urls[0]}/probe/x/echo"
+
+            def timed(headers: dict[str, str]) -> tuple[float, httpx.Response]:
+                start = time.monotonic()
+                r = client.get(url, headers=headers)
+                return time.monotonic() - start, r
+
+            # One client for all (building one costs more than the request being timed).
+            with httpx.Client(trust_env=False, timeout=30) as client, ThreadPoolExecutor(max_workers=4) as pool:
+                # Each round: token requests in flight, and a tokenless request sent while they are.
+                with_token: list[Any] = []
+                without: list[Any] = []
+                for round_tokens in (tokens[:4], tokens[4:8], tokens[8:]):
+                    with_token += [pool.submit(timed, {"Authorization": f"Bearer {t}"}) for t in round_tokens[:3]]
+                    time.sleep(0.1)
+                    without.append(pool.submit(timed, {}))
+                    with_token.append(pool.submit(timed, {"Authorization": f"Bearer {round_tokens[3]}"}))
+                token_results = [f.result() for f in with_token]
+                plain_results = [f.result() for f in without]
+            for _, r in token_results + plain_results:
+                assert r.status_code == 200, r.text
+                assert r.json()["decision"]["reason"] == "no-key"
+            assert "Traceback" not in c.logs()
+    token_max = max(t for t, _ in token_results)
+    plain_max = max(t for t, _ in plain_results)
+    token_median = statistics.median(t for t, _ in token_results)
+    plain_median = statistics.median(t for t, _ in plain_results)
+    slow = [t for t, _ in token_results + plain_results if t >= 1.0]
+    figures.record(
+        "hung JWKS issuer (accepts, never answers)",
+        stack="asgi" if server == "uvicorn" else "wsgi",
+        sent=len(token_results) + len(plain_results),
+        failed=len(slow),
+        notes=(
+            f"slowest (median): {plain_max * 1000:.0f} ({plain_median * 1000:.0f}) ms without a token, "
+            f"{token_max * 1000:.0f} ({token_median * 1000:.0f}) ms with an RS256 token; "
+            f"issuer connections {issuer.accepted}, at most {issuer.max_open} at once"
+        ),
+    )
+    assert not slow, f"requests took {sorted(slow)} s (a tokenless one up to {plain_max:.2f} s)"
+    assert issuer.max_open <= 1

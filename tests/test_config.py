@@ -110,3 +110,24 @@ def test_size_limits_from_environment() -> None:
     assert (Settings.load({}, {}).max_body, Settings.load({}, {}).max_header_bytes) == (0, 65536)
     with pytest.raises(ConfigurationError, match="AFFINITY_MAX_BODY"):
         Settings.load({}, {"AFFINITY_MAX_BODY": "-1"})
+
+
+def test_membership_problems_are_collected_with_every_other_setting() -> None:
+    """A foreign AFFINITY_SELF, a malformed or duplicated peer: one ConfigurationError that names them along with
+    the other problems, so a deploy fails once with the full list."""
+    env = {"AFFINITY_PEERS": PEERS, "AFFINITY_SELF": "http://127.0.0.9:1", "AFFINITY_KEY": "header:X"}
+    with pytest.raises(ConfigurationError) as info:
+        Settings.load({}, dict(env, AFFINITY_SECRET="short"))
+    assert "is not one of the peers" in str(info.value) and "at least 16" in str(info.value)
+    bad_peers = ((PEERS + ",HTTP://127.0.0.1:1/", "listed twice"), ("http://h:1/app,http://h:2", "base URL"))
+    for peers, fragment in bad_peers:
+        with pytest.raises(ConfigurationError, match=fragment):
+            Settings.load({"peers": peers, "secret": SECRET, "key": "header:X"}, {})
+
+
+@pytest.mark.parametrize("key", ["heder:X-Tenant", "header:", "jwt:tenant"])
+def test_key_errors_read_cleanly(key: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.load({"key": key}, {})
+    text = str(info.value)
+    assert "AFFINITY_KEY: AFFINITY_KEY" not in text and ".." not in text and text.endswith("."), text

@@ -19,9 +19,10 @@ import pytest
 from cluster import ROOT, Cluster, ServerNode, free_port, server_command
 
 from affinity_mw import hash_key
+from affinity_mw._addresses import host_addresses
 from affinity_mw.config import Settings
 from affinity_mw.devdns import DnsServer
-from affinity_mw.dns import DnsMembership, _host_addresses, parse_nameservers, ring_weights
+from affinity_mw.dns import DnsMembership, parse_nameservers, ring_weights
 from affinity_mw.membership import StaticMembership, membership_from_settings
 from affinity_mw.ring import HashRing, Node
 
@@ -374,7 +375,7 @@ def test_self_is_none_when_ambiguous(
 
 
 def test_self_from_this_hosts_addresses(server: DnsServer, make: Callable[..., DnsMembership]) -> None:
-    candidates = sorted(str(ip) for ip in _host_addresses() if ip.version == 4)
+    candidates = sorted(str(ip) for ip in host_addresses() if ip.version == 4)
     if not candidates:
         pytest.skip("this host has no non-loopback IPv4 address")
     mine = candidates[0]

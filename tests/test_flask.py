@@ -13,13 +13,14 @@ from flask import Flask, jsonify
 from affinity_mw import AffinityWSGIMiddleware, StaticMembership
 from affinity_mw.config import ConfigurationError
 from affinity_mw.contrib.flask import Affinity, current_decision
+from affinity_mw.request import RequestView
 
 PEERS = ["http://127.0.0.1:5001", "http://127.0.0.2:5001"]
 
 
 def make_app(**config: object) -> Flask:
     app = Flask(__name__)
-    app.config.update(SECRET_KEY="flask-test-secret-0123456789", **config)
+    app.config.update({"SECRET_KEY": "flask-test-secret-0123456789", **config})
 
     @app.get("/who")
     def who():  # type: ignore[no-untyped-def]
@@ -63,6 +64,61 @@ def test_session_secret_defaults_to_secret_key_with_fallbacks() -> None:
     core = Affinity(app).middleware.core  # type: ignore[union-attr]
     assert core.settings.cookie_secret == ("old-flask-secret-0123456789", "flask-test-secret-0123456789")
     assert core.settings.cookie_max_age == 31 * 24 * 3600
+
+
+def _session_cookie(app: Flask, **values: object) -> str:
+    """A session cookie exactly as this Flask app sets it (its own SECRET_KEY and signer)."""
+
+    @app.get("/set-session")
+    def set_session():  # type: ignore[no-untyped-def]
+        from flask import session
+
+        session.update(values)
+        return "ok"
+
+    (set_cookie,) = app.test_client().get("/set-session").headers.getlist("Set-Cookie")
+    return set_cookie.split(";", 1)[0]
+
+
+def _key_of(ext: Affinity, cookie: str) -> str | None:
+    extractor = ext.middleware.core.settings.extractor  # type: ignore[union-attr]
+    assert extractor is not None
+    return extractor(RequestView("GET", "/", b"", [(b"cookie", cookie.encode("latin-1"))]))
+
+
+# Flask's quickstart: `python -c 'import secrets; print(secrets.token_bytes(16))'`, bytes that are not UTF-8.
+BYTES_KEY = b"\xa7\x1f\xff\x00\x9c_\xde\x01 ,\x80"
+
+
+def test_non_utf8_bytes_secret_key_without_a_signed_cookie_source() -> None:
+    app = make_app(SECRET_KEY=BYTES_KEY, AFFINITY_KEY="header:X-Tenant")
+    Affinity(app)
+    assert app.test_client().get("/who", headers={"X-Tenant": "t"}).json == {"reason": "single-node"}
+
+
+def test_non_utf8_bytes_secret_key_verifies_the_session() -> None:
+    app = make_app(SECRET_KEY=BYTES_KEY, AFFINITY_KEY="signed-cookie:session:tenant")
+    ext = Affinity(app)
+    assert ext.middleware.core.settings.cookie_secret == (BYTES_KEY,)  # type: ignore[union-attr]
+    assert _key_of(ext, _session_cookie(app, tenant="acme")) == "acme"
+
+
+@pytest.mark.parametrize("secret", [" padded secret ", "with,comma-0123456789", "\tboth, ends\n"])
+def test_secret_key_is_opaque(secret: str) -> None:
+    old = "old, fallback "
+    app = make_app(SECRET_KEY=secret, SECRET_KEY_FALLBACKS=[old], AFFINITY_KEY="signed-cookie:session:tenant")
+    ext = Affinity(app)
+    assert ext.middleware.core.settings.cookie_secret == (old, secret)  # type: ignore[union-attr]
+    assert _key_of(ext, _session_cookie(app, tenant="acme")) == "acme"
+    # A cookie signed by the fallback (before rotation) still verifies.
+    before = make_app(SECRET_KEY=old)
+    assert _key_of(ext, _session_cookie(before, tenant="globex")) == "globex"
+
+
+def test_app_config_cookie_secret_list_is_opaque() -> None:
+    app = make_app(AFFINITY_COOKIE_SECRET=["a,b-0123456789 ", b"\xff\xfe"], AFFINITY_KEY="signed-cookie:session:tenant")
+    ext = Affinity(app)
+    assert ext.middleware.core.settings.cookie_secret == ("a,b-0123456789 ", b"\xff\xfe")  # type: ignore[union-attr]
 
 
 def test_bad_app_config_fails_at_init() -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 from affinity_mw import keys
 from affinity_mw.core import AffinityCore
 from affinity_mw.health import PeerHealth
 from affinity_mw.introspect import AUTH_HEADER, sign_request
 from affinity_mw.membership import StaticMembership
+from affinity_mw.metrics import COUNTERS
 from affinity_mw.request import RequestView
 from affinity_mw.ring import hash_key
 from affinity_mw.router import Router
@@ -165,3 +168,17 @@ def test_health_path_details_only_for_the_allowed_and_drain_only_when_signed() -
 def test_health_path_can_be_moved_or_disabled() -> None:
     assert core(health_path="/ops/h").internal_response("GET", "/ops/h", None)[0] == 200  # type: ignore[index]
     assert core(health_path="").health_path == ""
+
+
+def test_the_health_json_in_the_docs_has_the_codes_fields() -> None:
+    """docs/health.md shows the health path's JSON: every field and counter it names is one the code answers."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "health.md").read_text()
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", doc, re.S) if "ring_checksum" in b]
+    assert blocks, "docs/health.md shows no health JSON"
+    c = core()
+    signed = {AUTH_HEADER: sign_request("health-test-secret-0123456789")}
+    _, body, _ = c.internal_response("GET", "/_affinity/health", None, "", signed.get)  # type: ignore[misc]
+    answered = json.loads(body)
+    for shown in blocks:
+        assert shown.keys() == answered.keys()
+        assert shown["counters"].keys() <= COUNTERS.keys(), shown["counters"].keys() - COUNTERS.keys()

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -43,6 +44,8 @@ from affinity_mw.keys import (
     region,
     signed_cookie,
 )
+from affinity_mw.keys._jwks import JwksKeys
+from affinity_mw.keys._verified import _JwtClaim
 from affinity_mw.request import RequestView
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -621,6 +624,7 @@ class TestJwtConstruction:
 class _JwksServer:
     def __init__(self, document: dict[str, Any]) -> None:
         self.document = document
+        self.status = 200
         self.hits = 0
         outer = self
 
@@ -628,7 +632,7 @@ class _JwksServer:
             def do_GET(self) -> None:
                 outer.hits += 1
                 body = json.dumps(outer.document).encode()
-                self.send_response(200)
+                self.send_response(outer.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -667,11 +671,18 @@ def jwks(rsa_keys: tuple[str, str, Any], other_rsa_keys: tuple[str, str, Any]) -
         yield server
 
 
+def loaded(extractor: keys.Extractor) -> keys.Extractor:
+    """The JWKS source once its first background fetch is over (requests never wait for it)."""
+    assert isinstance(extractor, _JwtClaim) and extractor._jwks is not None
+    assert extractor._jwks.wait(10)
+    return extractor
+
+
 class TestJwks:
     def test_key_found_by_kid(
         self, jwks: _JwksServer, rsa_keys: tuple[str, str, Any], other_rsa_keys: tuple[str, str, Any]
     ) -> None:
-        get = jwt_claim("tenant", key=jwks.url, algorithms=["RS256"])
+        get = loaded(jwt_claim("tenant", key=jwks.url, algorithms=["RS256"]))
         one = jwt.encode(claims(), rsa_keys[0], algorithm="RS256", headers={"kid": "k1"})
         two = jwt.encode(claims(tenant="globex"), other_rsa_keys[0], algorithm="RS256", headers={"kid": "k2"})
         assert get(req(bearer(one))) == "acme"
@@ -681,7 +692,7 @@ class TestJwks:
     def test_wrong_kid_or_unknown_kid(
         self, jwks: _JwksServer, rsa_keys: tuple[str, str, Any], other_rsa_keys: tuple[str, str, Any]
     ) -> None:
-        get = jwt_claim("tenant", key=jwks.url, algorithms=["RS256"])
+        get = loaded(jwt_claim("tenant", key=jwks.url, algorithms=["RS256"]))
         swapped = jwt.encode(claims(), other_rsa_keys[0], algorithm="RS256", headers={"kid": "k1"})
         unknown = jwt.encode(claims(), rsa_keys[0], algorithm="RS256", headers={"kid": "nope"})
         no_kid = jwt.encode(claims(), rsa_keys[0], algorithm="RS256")
@@ -690,17 +701,18 @@ class TestJwks:
         assert get(req(bearer(no_kid))) is None
 
     def test_unconfigured_algorithm_does_not_fetch(self, jwks: _JwksServer) -> None:
-        get = jwt_claim("tenant", key=jwks.url, algorithms=["RS256"])
-        assert get(req(bearer(jwt.encode(claims(), SECRET, algorithm="HS256", headers={"kid": "k1"})))) is None
+        get = loaded(jwt_claim("tenant", key=jwks.url, algorithms=["RS256"]))
+        assert jwks.hits == 1  # the fetch when the source is built
+        assert get(req(bearer(jwt.encode(claims(), SECRET, algorithm="HS256", headers={"kid": "k9"})))) is None
         assert get(req(bearer(none_token()))) is None
         assert get(req(bearer("garbage"))) is None
-        assert jwks.hits == 0
+        assert loaded(get) and jwks.hits == 1
 
     def test_fetch_error_gives_no_key(self, rsa_keys: tuple[str, str, Any]) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        get = jwt_claim("tenant", key=f"http://127.0.0.1:{port}/jwks.json", algorithms=["RS256"])
+        get = loaded(jwt_claim("tenant", key=f"http://127.0.0.1:{port}/jwks.json", algorithms=["RS256"]))
         token = jwt.encode(claims(), rsa_keys[0], algorithm="RS256", headers={"kid": "k1"})
         assert get(req(bearer(token))) is None
 
@@ -709,12 +721,94 @@ class TestJwks:
         documents: list[dict[str, Any]] = [{"keys": []}, {"keys": "x"}, {"nothing": 1}]
         for document in documents:
             with _JwksServer(document) as server:
-                assert jwt_claim("tenant", key=server.url, algorithms=["RS256"])(req(bearer(token))) is None
+                assert loaded(jwt_claim("tenant", key=server.url, algorithms=["RS256"]))(req(bearer(token))) is None
 
-    def test_repr_hides_credentials_and_query(self) -> None:
-        get = jwt_claim("t", key="https://user:pw@issuer.example.com:8443/jwks.json?token=x", algorithms=["RS256"])
-        assert "<JWKS https://issuer.example.com:8443/jwks.json>" in repr(get)
+    def test_repr_and_logs_hide_credentials_and_query(self, caplog: pytest.LogCaptureFixture) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        with caplog.at_level(logging.WARNING, logger="affinity_mw.keys"):
+            get = loaded(jwt_claim("t", key=f"http://user:pw@127.0.0.1:{port}/jwks.json?token=x", algorithms=["RS256"]))
+        assert f"<JWKS http://127.0.0.1:{port}/jwks.json>" in repr(get)
         assert "pw" not in repr(get)
+        [message] = [r.getMessage() for r in caplog.records]
+        assert f"JWKS fetch from http://127.0.0.1:{port}/jwks.json failed" in message
+        assert "pw" not in message and "token=x" not in message
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def jwks_keys(server: _JwksServer, clock: FakeClock) -> JwksKeys:
+    client = jwt.PyJWKClient(server.url, cache_jwk_set=False, cache_keys=False, timeout=5)
+    keys = JwksKeys(client, server.url, clock=clock)
+    assert keys.wait(10)
+    return keys
+
+
+class TestJwksRefresh:
+    """The key set's life: fetched in the background, refreshed when stale or on an unknown kid (rate-limited),
+    kept through failures, retried with a doubling wait."""
+
+    def test_unknown_kid_refreshes_at_most_once_per_window(
+        self, jwks: _JwksServer, rsa_keys: tuple[str, str, Any]
+    ) -> None:
+        clock = FakeClock()
+        keys = jwks_keys(jwks, clock)
+        assert keys.get("k1") is not None and jwks.hits == 1
+        jwks.document = {"keys": [*jwks.document["keys"], _jwk(rsa_keys[2], "k3")]}  # the issuer rotates
+        for _ in range(50):
+            assert keys.get("k3") is None  # made-up or new kids: no key now, and no fetch within 30 s
+        assert keys.wait(10) and jwks.hits == 1
+        clock.now += 30.5
+        assert keys.get("k3") is None  # asks for the refresh, does not wait for it
+        assert keys.wait(10) and jwks.hits == 2
+        assert keys.get("k3") is not None
+        for kid in ("x", "y", "z"):
+            keys.get(kid)
+        assert keys.wait(10) and jwks.hits == 2
+
+    def test_stale_set_is_refreshed_and_kept_through_failures(self, jwks: _JwksServer) -> None:
+        clock = FakeClock()
+        keys = jwks_keys(jwks, clock)
+        good = keys.get("k1")
+        jwks.status = 500
+        clock.now += 301
+        assert keys.get("k1") is good  # stale: served while the refresh runs
+        assert keys.wait(10) and jwks.hits == 2 and keys.stats["failures"] == 1
+        assert keys.get("k1") is good  # the issuer fails: the last good keys stay
+        assert keys.wait(10) and jwks.hits == 2  # and the failure is remembered for 1 s
+        clock.now += 1.01
+        assert keys.refresh() and keys.wait(10) and jwks.hits == 3
+        clock.now += 1.5
+        assert not keys.refresh()  # the wait doubled to 2 s
+        clock.now += 0.6
+        jwks.status = 200
+        assert keys.refresh() and keys.wait(10) and keys.stats["failures"] == 2
+        assert keys.get("k1") is not None and keys.get("k1") is not good  # the new set replaced the old
+
+    def test_one_fetch_at_a_time_however_many_tokens(self) -> None:
+        # An issuer that accepts and never answers: the fetch hangs on its thread; nobody else waits for it.
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            url = f"http://127.0.0.1:{listener.getsockname()[1]}/jwks.json"
+            client = jwt.PyJWKClient(url, cache_jwk_set=False, cache_keys=False, timeout=1)
+            keys = JwksKeys(client, url)
+            conn, _ = listener.accept()
+            with conn:
+                results = [keys.get(f"kid-{i}") for i in range(200)]
+                assert results == [None] * 200
+                assert not keys.refresh()
+                listener.settimeout(0.3)
+                with pytest.raises(TimeoutError):
+                    listener.accept()  # no second connection while the first hangs
+                assert keys.wait(10)
+        assert keys.stats == {"fetches": 1, "failures": 1, "last_error": keys.stats["last_error"]}
+        assert "timed out" in keys.stats["last_error"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1091,11 +1185,13 @@ def test_public_names() -> None:
     assert keys.__all__ == sorted(keys.__all__, key=lambda n: (not n[0].isupper(), n))
     assert set(keys.__all__) == {
         "Extractor",
+        "GeneratedCookie",
         "KeyOptions",
         "client_ip",
         "cookie",
         "first_of",
         "from_spec",
+        "generated_cookie",
         "header",
         "jwt_claim",
         "path",

@@ -7,7 +7,8 @@ Configuration is read, in order of precedence, from keyword arguments to ``Affin
 named like the environment variables (``AFFINITY_PEERS``, ``AFFINITY_KEY``, ...), then the environment.
 Flask's own session is a ready key source: ``AFFINITY_KEY = "signed-cookie:session:tenant"`` reads the
 ``tenant`` field of the session cookie, verified with the app's ``SECRET_KEY`` (and ``SECRET_KEY_FALLBACKS``
-for rotation) and limited to ``PERMANENT_SESSION_LIFETIME``, unless ``AFFINITY_COOKIE_SECRET`` says otherwise.
+for rotation, both as given: keys are opaque bytes or text) and limited to ``PERMANENT_SESSION_LIFETIME``,
+unless ``AFFINITY_COOKIE_SECRET`` says otherwise.
 The forwarding node never needs the session's contents: only the signed field the key names.
 """
 
@@ -34,17 +35,26 @@ class Affinity:
 
     def init_app(self, app: Any) -> None:
         environ = dict(os.environ)
+        options = dict(self.options)
         for key, value in app.config.items():
-            if key.startswith("AFFINITY_") and value is not None:
+            if not key.startswith("AFFINITY_") or value is None:
+                continue
+            if key == "AFFINITY_COOKIE_SECRET" and not isinstance(value, str):
+                # Secret keys are opaque bytes or text: a list is passed as given, never joined on commas and
+                # split again (a key holding "," or spaces would never verify) nor decoded.
+                options.setdefault("cookie_secret", tuple(value) if isinstance(value, (list, tuple)) else (value,))
+            else:
                 environ[key] = _as_env(value)
-        if "AFFINITY_COOKIE_SECRET" not in environ and app.config.get("SECRET_KEY"):
-            keys = [*(app.config.get("SECRET_KEY_FALLBACKS") or []), app.config["SECRET_KEY"]]
-            environ["AFFINITY_COOKIE_SECRET"] = ",".join(_as_str(k) for k in keys)
+        secret_key = app.config.get("SECRET_KEY")
+        if secret_key and "cookie_secret" not in options and "AFFINITY_COOKIE_SECRET" not in environ:
+            # Flask signs with SECRET_KEY and verifies with SECRET_KEY_FALLBACKS too; as given, often bytes
+            # that are not UTF-8 (Flask's quickstart makes them with secrets.token_bytes).
+            options["cookie_secret"] = (*(app.config.get("SECRET_KEY_FALLBACKS") or ()), secret_key)
             if "AFFINITY_COOKIE_MAX_AGE" not in environ:
                 lifetime = app.config.get("PERMANENT_SESSION_LIFETIME", timedelta(days=31))
                 seconds = lifetime.total_seconds() if isinstance(lifetime, timedelta) else float(lifetime)
                 environ["AFFINITY_COOKIE_MAX_AGE"] = str(int(seconds))
-        self.middleware = AffinityWSGIMiddleware(app.wsgi_app, environ=environ, **self.options)
+        self.middleware = AffinityWSGIMiddleware(app.wsgi_app, environ=environ, **options)
         app.wsgi_app = self.middleware
         app.extensions["affinity"] = self
 
