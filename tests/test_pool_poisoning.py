@@ -76,7 +76,10 @@ def test_a_bodiless_answer_with_late_bytes_never_reaches_the_next_user(cluster: 
         stack="asgi+wsgi",
         sent=sent,
         failed=len(leaks),
-        notes=f"{len(FORWARDERS)} forwarding clients x {ROUNDS} rounds of 304/204/HEAD then another user's request",
+        notes=(
+            f"{len(FORWARDERS)} forwarding clients (asyncio, aiohttp, httpx; urllib3, httpx) x {ROUNDS} rounds of "
+            "304/204/HEAD then another user's request; failed = that user's answer was not its own"
+        ),
     )
     assert "Traceback" not in "\n".join(n.log.read_text() for n in cluster.nodes[:-1])
     assert not leaks, "\n".join(leaks)
