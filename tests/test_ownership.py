@@ -20,7 +20,7 @@ from affinity_mw.ownership import (
 from affinity_mw.ring import RING_ALGORITHMS, NginxRing, Node, build_ring
 
 IDS = [f"http://10.0.0.{i}:8000" for i in range(1, 6)]
-KEYS = [f"key-{i}" for i in range(20000)]
+KEYS = [f"key-{i}" for i in range(4000)]
 
 
 def ring(algorithm: str, n: int, weights: dict[int, int] | None = None):  # type: ignore[no-untyped-def]
