@@ -208,12 +208,16 @@ def _changed_ranges(
         mine: list[tuple[int, Node | None]] = old._segments() if old is not None else [(space, None)]
         return _walk(mine, new._segments(), space, before, after)
     if isinstance(new, MaglevRing) and (old is None or (isinstance(old, MaglevRing) and old.size == new.size)):
-        size = new.size
-        new_slots = [(slot + 1, new.owner(slot)) for slot in range(size)]
-        old_slots: list[tuple[int, Node | None]] = (
-            [(slot + 1, old.owner(slot)) for slot in range(size)] if old is not None else [(size, None)]
-        )
-        return _walk(old_slots, new_slots, size, before, after)
+        # Slot by slot over the tables themselves (a key's slot is its hash modulo the size).
+        gained: list[tuple[int, int]] = []
+        lost: list[tuple[int, int]] = []
+        old_table = old._table if old is not None else [None] * new.size
+        for slot, (a, b) in enumerate(zip(old_table, new._table, strict=True)):
+            had = a is not None and a.id == before
+            has = b is not None and b.id == after
+            if has != had:
+                _extend(gained if has else lost, slot, slot + 1)
+        return KeyRanges(new.size, tuple(gained)), KeyRanges(new.size, tuple(lost))
     return None
 
 
