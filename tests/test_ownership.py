@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +187,36 @@ def test_hooks_deliver_sync_and_async_callbacks_and_keep_recent_changes(caplog: 
     assert [entry["new_ring"] for entry in hooks.as_list()] == [four.checksum, three.checksum]
     with pytest.raises(TypeError):
         hooks.add("not callable")  # type: ignore[arg-type]
+
+
+def test_dns_membership_reports_each_swap_to_its_subscribers(tmp_path: Path) -> None:
+    """A real DNS server on loopback: a member leaving swaps the ring, and the hooks hear what this node gained."""
+    from affinity_mw.devdns import DnsServer
+    from affinity_mw.dns import DnsMembership
+
+    def a_zone(*ips: str) -> dict[str, object]:
+        return {"ttl": 30, "records": {"app.test": {"A": list(ips)}}}
+
+    with DnsServer(tmp_path) as server:
+        server.write(a_zone("127.0.0.1", "127.0.0.2", "127.0.0.3"))
+        membership = DnsMembership(
+            "app.test", port=8000, nameservers=[server.nameserver], self_url="http://127.0.0.1:8000",
+            timeout=0.3, lifetime=0.6,
+        )  # fmt: skip
+        try:
+            assert membership.refresh()
+            hooks = OwnershipHooks()
+            changes: list[OwnershipChange] = []
+            hooks.add(changes.append)
+            membership.subscribe(lambda old, old_self, new, new_self: hooks.ring_swapped(old, new, new_self, old_self))
+            old = membership.ring
+            assert membership.refresh() and changes == []  # nothing changed: nothing reported
+            server.write(a_zone("127.0.0.1", "127.0.0.2"))
+            assert membership.refresh()
+            [change] = changes
+            assert change.old is old and change.new is membership.ring
+            assert change.gained is not None and change.gained.fraction > 0
+            assert change.lost is not None and change.lost.spans == ()
+            assert hooks.as_list()[0]["new_ring"] == membership.ring.checksum
+        finally:
+            membership.close()
