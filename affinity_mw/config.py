@@ -298,6 +298,14 @@ OPTIONS: tuple[Option, ...] = (
         "every node must use the same (docs/benchmarks.md compares them).",
     ),
     Option(
+        "workers",
+        "AFFINITY_WORKERS",
+        1,
+        _int,
+        "Ring members per peer address: each `AFFINITY_PEERS` URL or `AFFINITY_DNS` address stands for this many "
+        "worker processes on consecutive ports from its port, each a member (`affinity-mw serve --workers N`).",
+    ),
+    Option(
         "max_key_length",
         "AFFINITY_MAX_KEY_LENGTH",
         1024,
@@ -433,6 +441,7 @@ class Settings:
     introspection_path: str = "/_affinity"
     vnodes: int = 160
     ring: str = "ring"
+    workers: int = 1
     max_key_length: int = 1024
     trusted_proxies: int = 0
     jwt_key: str | None = None
@@ -495,6 +504,7 @@ class Settings:
             "pool_size",
             "hop_max_age",
             "vnodes",
+            "workers",
             "max_key_length",
             "cookie_max_age",
             "generated_cookie_max_age",
@@ -548,7 +558,7 @@ class Settings:
             errors.append("dns_refresh (AFFINITY_DNS_REFRESH) must be at least 1 second")
         if not self.dns:
             try:
-                member_ids(self.peers, self.self_url)
+                member_ids(self.peer_urls(), self.self_url)
             except ValueError as exc:
                 errors.append(str(exc))
         if any(len(s) < 16 for s in self.secret):
@@ -568,6 +578,15 @@ class Settings:
             raise _report(errors)
         object.__setattr__(self, "extractor", extractor)
         return self
+
+    def peer_urls(self) -> tuple[str, ...]:
+        """The static members: ``AFFINITY_PEERS``, each URL standing for ``AFFINITY_WORKERS`` members on
+        consecutive ports (``affinity_mw/serve.py``)."""
+        if self.workers <= 1:
+            return self.peers
+        from .serve import worker_urls
+
+        return tuple(url for peer in self.peers for url in worker_urls(peer, self.workers))
 
     def key_options(self) -> KeyOptions:
         """The key-source settings: every KeyOptions field has a Settings field of the same name."""
