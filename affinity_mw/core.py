@@ -7,21 +7,15 @@ else, and every decision that does no I/O, is here or in :mod:`~affinity_mw.rout
 
 from __future__ import annotations
 
-import functools
-import http.client
 import json
 import logging
-import os
 import threading
-import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 from .config import Settings
 from .forward import BODY_TOO_LARGE, DRAINING_HEADER, HEADERS_TOO_LARGE, BodyLimit, ForwardPlan, Headers
-from .health import PeerHealth
+from .health import PeerHealth, answers_200
 from .hop import HopSigner
 from .introspect import AUTH_HEADER, Introspection
 from .membership import membership_from_settings
@@ -52,11 +46,14 @@ class AffinityCore:
             membership = membership_from_settings(settings)
         self.membership = membership
         self.signer = HopSigner(settings.secret, max_age=settings.hop_max_age) if settings.secret else None
+        checks = settings.health_interval if settings.health_path else 0.0  # nothing to ask without the path
         self.health = PeerHealth(
             eject_after=settings.eject_after,
             base=settings.eject_time,
             max_ejection=settings.eject_time * 10,
-            hold_draining=settings.health_interval > 0,
+            hold_draining=checks > 0,
+            check=self._answers_health_path,
+            interval=checks,
         )
         self.router = Router(
             membership=membership,
@@ -81,11 +78,6 @@ class AffinityCore:
         # [forwards in flight, of which retries]: the retry budget's inputs, per worker process.
         self.inflight = [0, 0]
         self.inflight_lock = threading.Lock()
-        self._checker: threading.Thread | None = None
-        if settings.health_interval > 0:
-            self._start_checker()
-            # gunicorn --preload forks workers after this ran: threads do not survive a fork, so start another.
-            os.register_at_fork(after_in_child=functools.partial(_restart_checker, weakref.ref(self)))
 
     @property
     def self_id(self) -> str | None:
@@ -197,35 +189,7 @@ class AffinityCore:
             return 200, json.dumps({"node": self.self_id, "status": state}).encode() + b"\n", _JSON
         return self.introspection.respond(method, path, query, client_host, header)
 
-    def _start_checker(self) -> None:
-        self._checker = threading.Thread(target=self._check_set_aside, name="affinity-mw-health", daemon=True)
-        self._checker.start()
-
-    def _check_set_aside(self) -> None:
-        """Active checks: ask set-aside peers' health path and re-admit those that answer 200 before their time."""
-        interval = self.settings.health_interval
-        while True:
-            time.sleep(interval)
-            for node_id in list(self.health.ejected()):
-                node = self.membership.ring.get(node_id)
-                if node is not None and _healthy(node.address + self.health_path, self.settings.connect_timeout):
-                    self.health.readmit(node_id)
-
-
-def _restart_checker(ref: weakref.ref[AffinityCore]) -> None:
-    core = ref()
-    if core is not None:
-        core._start_checker()
-
-
-def _healthy(url: str, timeout: float) -> bool:
-    parts = urlsplit(url)
-    conn_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = conn_class(parts.hostname or "", parts.port, timeout=timeout)
-    try:
-        conn.request("GET", parts.path)
-        return conn.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
+    def _answers_health_path(self, node_id: str) -> bool:
+        """The active check of a set-aside peer (run by :class:`~affinity_mw.health.PeerHealth`'s thread)."""
+        node = self.membership.ring.get(node_id)
+        return node is not None and answers_200(node.address + self.health_path, self.settings.connect_timeout)

@@ -5,16 +5,27 @@ else is computed when scraped. ``snapshot()`` is the JSON form; ``prometheus_tex
 format through ``prometheus_client`` (the ``prometheus`` extra) with conventional names
 (``affinity_forwarded_requests_total``, ``affinity_forward_duration_seconds``, ...). Counters are per worker
 process, like the pools and health state they describe; scrape each worker or run one worker per node.
+
+The locality ratio is a recent figure, the share over about the last ``LOCALITY_WINDOW`` seconds, so it shows
+an outage while it lasts and recovers after it: a ratio since process start hardly moves on a long-running node
+and keeps the mark of an old outage for hours. The window needs no work per request: each read (a scrape, the
+status page) keeps the counters it saw, and the ratio is the change since the oldest reading under the window.
+Alerts are best written on ``rate()`` of the counters themselves, which Prometheus windows exactly.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["BUCKETS", "COUNTERS", "LatencyHistogram", "Metrics"]
+__all__ = ["BUCKETS", "COUNTERS", "LOCALITY_WINDOW", "LatencyHistogram", "Metrics"]
+
+# Seconds the locality ratio looks back (at least; readings are kept one per second at most).
+LOCALITY_WINDOW = 300.0
 
 # Upper bounds in seconds: loopback forwards take ~0.3-1 ms, cross-zone ones 1-10 ms; timeouts land in +Inf.
 BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -77,6 +88,9 @@ class Metrics:
         self.core = core
         self.latency: dict[str, LatencyHistogram] = {}
         self._lock = threading.Lock()
+        self.clock: Callable[[], float] = time.monotonic
+        # (time, on the owner, served) as seen by earlier reads of the locality ratio, oldest first.
+        self._readings: deque[tuple[float, int, int]] = deque([(self.clock(), 0, 0)])
 
     def observe_forward(self, peer: str, seconds: float) -> None:
         histogram = self.latency.get(peer)
@@ -86,11 +100,25 @@ class Metrics:
         histogram.observe(seconds)
 
     def locality_ratio(self) -> float | None:
-        """Share of keyed requests served here that were served by their key's owner (None before any)."""
+        """Share of keyed requests served here in about the last ``LOCALITY_WINDOW`` seconds that were served by
+        their key's owner (None when there were none).
+
+        The baseline is the newest earlier reading at least a window old (the figure then covers the window plus
+        at most one scrape interval), else the oldest one kept: process start, for a young process.
+        """
         c = self.core.counters
         on_owner = c["local_owner"] + c["hop"] - c["misroute"]
         served = c["local_owner"] + c["hop"] + c["failover"] + c["fallback"]
-        return on_owner / served if served else None
+        now = self.clock()
+        with self._lock:
+            readings = self._readings
+            while len(readings) > 1 and readings[1][0] <= now - LOCALITY_WINDOW:
+                readings.popleft()
+            _, base_on_owner, base_served = readings[0]
+            if now - readings[-1][0] >= 1.0:
+                readings.append((now, on_owner, served))
+        served -= base_served
+        return (on_owner - base_on_owner) / served if served else None
 
     def snapshot(self) -> dict[str, Any]:
         core = self.core
@@ -136,7 +164,8 @@ class Metrics:
         ratio = self.locality_ratio()
         yield GaugeMetricFamily(
             "affinity_locality_ratio",
-            "Share of keyed requests served here that were served by their key's owner.",
+            f"Share of keyed requests served here in about the last {LOCALITY_WINDOW:.0f} s that were served by "
+            "their key's owner (1 without any).",
             value=1.0 if ratio is None else ratio,
         )
         histogram = HistogramMetricFamily(
