@@ -283,9 +283,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "health_interval",
         "AFFINITY_HEALTH_INTERVAL",
-        0.0,
+        1.0,
         _float,
-        "Seconds between active checks of set-aside peers' health path, re-admitting them early; 0 disables.",
+        "Seconds between active checks of set-aside peers' health path; one answering 200 is taken back at once "
+        "(a restarted or drain-undone node). 0 disables: set-aside peers then wait out their time.",
     ),
     Option("vnodes", "AFFINITY_VNODES", 160, _int, "Virtual nodes per unit of weight on the ring."),
     Option(
@@ -295,6 +296,14 @@ OPTIONS: tuple[Option, ...] = (
         _choice("ring", "maglev", "rendezvous"),
         "Who owns a key: `ring` (consistent hashing, vnodes), `maglev` (lookup table) or `rendezvous` (HRW); "
         "every node must use the same (docs/benchmarks.md compares them).",
+    ),
+    Option(
+        "workers",
+        "AFFINITY_WORKERS",
+        1,
+        _int,
+        "Ring members per peer address: each `AFFINITY_PEERS` URL or `AFFINITY_DNS` address stands for this many "
+        "worker processes on consecutive ports from its port, each a member (`affinity-mw serve --workers N`).",
     ),
     Option(
         "max_key_length",
@@ -427,11 +436,12 @@ class Settings:
     eject_after: int = 5
     eject_time: float = 30.0
     health_path: str = "/_affinity/health"
-    health_interval: float = 0.0
+    health_interval: float = 1.0
     introspection: str = "signed"
     introspection_path: str = "/_affinity"
     vnodes: int = 160
     ring: str = "ring"
+    workers: int = 1
     max_key_length: int = 1024
     trusted_proxies: int = 0
     jwt_key: str | None = None
@@ -494,6 +504,7 @@ class Settings:
             "pool_size",
             "hop_max_age",
             "vnodes",
+            "workers",
             "max_key_length",
             "cookie_max_age",
             "generated_cookie_max_age",
@@ -547,7 +558,7 @@ class Settings:
             errors.append("dns_refresh (AFFINITY_DNS_REFRESH) must be at least 1 second")
         if not self.dns:
             try:
-                member_ids(self.peers, self.self_url)
+                member_ids(self.peer_urls(), self.self_url)
             except ValueError as exc:
                 errors.append(str(exc))
         if any(len(s) < 16 for s in self.secret):
@@ -567,6 +578,15 @@ class Settings:
             raise _report(errors)
         object.__setattr__(self, "extractor", extractor)
         return self
+
+    def peer_urls(self) -> tuple[str, ...]:
+        """The static members: ``AFFINITY_PEERS``, each URL standing for ``AFFINITY_WORKERS`` members on
+        consecutive ports (``affinity_mw/serve.py``)."""
+        if self.workers <= 1:
+            return self.peers
+        from .serve import worker_urls
+
+        return tuple(url for peer in self.peers for url in worker_urls(peer, self.workers))
 
     def key_options(self) -> KeyOptions:
         """The key-source settings: every KeyOptions field has a Settings field of the same name."""
