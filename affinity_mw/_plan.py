@@ -307,6 +307,10 @@ class ForwardPlan:
             decision.attempts += 1
             marker = forwarding.signer.sign(
                 sender=forwarding.membership.self_id or "",
+                receiver=node.id,
+                method=method,
+                target=target,
+                rerouted=decision.rerouted,
                 key_hash=decision.key_hash,
                 ring_checksum=decision.ring.checksum,
                 attempt=decision.attempts,

@@ -18,14 +18,14 @@ from typing import Any, Protocol
 
 from ._plan import Answer, Forwarding, RetryBudget, debug_headers
 from .config import Settings
-from .forward import BODY_TOO_LARGE, DRAINING_HEADER, HEADERS_TOO_LARGE, Headers
+from .forward import BODY_TOO_LARGE, DRAINING_HEADER, HEADERS_TOO_LARGE, Headers, restore_forwarded
 from .health import PeerHealth, answers_200
 from .hop import HopMarker, HopSigner
 from .introspect import AUTH_HEADER, Introspection
 from .membership import membership_from_settings
 from .metrics import Metrics
 from .request import RequestView
-from .router import REJECT, Decision, Router
+from .router import FORWARD, REJECT, Decision, Router
 
 __all__ = ["AffinityCore", "Incoming"]
 
@@ -63,6 +63,8 @@ class Incoming(Protocol):
     def query(self) -> str: ...
 
     def restore(self, marker: HopMarker | None) -> None: ...
+
+    def target(self) -> str: ...
 
     def content_length(self) -> bytes | str | None: ...
 
@@ -169,6 +171,22 @@ class AffinityCore:
         router = self.router
         token = request.hop_token
         marker = router.check_marker(token) if token is not None else None
+        rejected: HopMarker | None = None
+        key: str | None = None
+        if marker is not None and not marker.legacy:
+            # Honoured only for the request it was made for: this method and target, sent to this node, for this
+            # key as the first node saw the request. Anything else (a replay, nodes that disagree about the key)
+            # is routed as if it carried no marker, with its own client address and scheme.
+            why = marker.mismatch(request.method, request.target(), self.membership.self_id)
+            if why is None:
+                key = self._first_key(request, marker)
+                if (router.key_hash(key) if key is not None else None) != marker.key_hash:
+                    why = "key"
+            if why is not None:
+                router.reject_marker(marker, why)
+                rejected, marker = marker, None
+        elif marker is not None:
+            router.counters["marker_legacy"] += 1
         if request.internal:
             # Strip our headers, and on a hop show the request as the first node saw it: the key is then
             # extracted from the same request on both nodes (an `ip` key included).
@@ -178,7 +196,14 @@ class AffinityCore:
             refusal = self.refusal(header_bytes, request.content_length() if self.max_body else None)
             if refusal is not None:  # before routing: the same answer whichever node owns the key
                 return Answer(*refusal)
-        if router.header_key is not None:
+        if rejected is not None and rejected.rerouted:
+            # The sender had already rejected a marker for this request and routed it again: nodes that disagree
+            # about the key (or about who this node is) would bounce it for ever. Served here, as the second hop,
+            # with the request's own client view.
+            decision = router.hop(self._own_key(request), rejected, request.method, path)
+        elif marker is not None and not marker.legacy:
+            decision = router.hop(key, marker, request.method, path)
+        elif router.header_key is not None:
             if marker is None:
                 decision = router.decide_by_header(request.key_value, request.method, path)
             else:
@@ -187,7 +212,41 @@ class AffinityCore:
             decision = router.decide(request.view(), marker)
         if decision.action == REJECT:
             return _NO_KEY_REJECTED
+        if rejected is not None and decision.action == FORWARD:
+            decision.rerouted = True  # a forward decision is this request's own, never a shared one
         return decision
+
+    def _first_key(self, request: Incoming, marker: HopMarker) -> str | None:
+        """The key of the request as the first node saw it, read before anything is restored from the marker
+        (which is not yet known to be for this request)."""
+        router = self.router
+        if router.header_key is not None:
+            value = request.key_value
+            if isinstance(value, str):
+                try:
+                    value = value.encode("latin-1")
+                except UnicodeEncodeError:
+                    return None
+            if value is None:
+                return None
+            restored = restore_forwarded([(router.header_key, value)], marker.added)
+            return router.key_from_header(restored[0][1] if restored else None)
+        view = request.view()
+        first = RequestView(
+            view.method,
+            view.path,
+            view.raw_query,
+            restore_forwarded(view.headers, marker.added),
+            marker.client_host or view.client,
+            marker.scheme,
+        )
+        return router.extract(first)
+
+    def _own_key(self, request: Incoming) -> str | None:
+        router = self.router
+        if router.header_key is not None:
+            return router.key_from_header(request.key_value)
+        return router.extract(request.view())
 
     def serve_here(self, decision: Decision) -> Headers | None:
         """Record that this node serves ``decision``; the response headers to add, if any (debug, draining)."""
@@ -270,8 +329,12 @@ class AffinityCore:
         if path == self.health_path + "/drain":
             if method not in ("POST", "DELETE"):
                 return 405, b'{"error": "use POST to drain, DELETE to undo"}\n', _JSON
-            if not self.introspection.signed(header(AUTH_HEADER)):
-                return 403, b'{"error": "sign the request with the cluster secret (affinity-mw drain URL)"}\n', _JSON
+            if not self.introspection.may_drain(header(AUTH_HEADER), method, self.membership.self_id):
+                return (
+                    403,
+                    b'{"error": "sign the drain for this node with the cluster secret (affinity-mw drain URL)"}\n',
+                    _JSON,
+                )
             if method == "POST":
                 self.start_draining()
             else:

@@ -51,9 +51,13 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "no_key": ("affinity_no_key_requests_total", "Requests without an affinity key."),
     "rejected": ("affinity_rejected_requests_total", "Requests rejected for lack of a key (AFFINITY_NO_KEY=reject)."),
     "invalid_marker": ("affinity_invalid_markers_total", "Hop markers that were forged, stale or malformed."),
-    "marker_key_mismatch": (
-        "affinity_marker_key_mismatch_total",
-        "Authentic hop markers signed for another key (served here: a replay, or key settings that differ).",
+    "marker_mismatch": (
+        "affinity_marker_mismatch_total",
+        "Authentic hop markers for another request, key or node (a replay, or nodes that disagree): not honoured.",
+    ),
+    "marker_legacy": (
+        "affinity_marker_legacy_total",
+        "Hop markers of the previous, unbound format (nodes not yet upgraded): honoured.",
     ),
     "forward_errors": ("affinity_forward_errors_total", "Forward attempts that failed (refused, reset, timed out)."),
     "retries": ("affinity_forward_retries_total", "Idempotent requests retried on another peer after a failure."),

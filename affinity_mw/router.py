@@ -49,6 +49,7 @@ class Decision:
         "marker",
         "owner",
         "reason",
+        "rerouted",
         "ring",
         "self_is_next",
         "served_by",
@@ -78,6 +79,7 @@ class Decision:
         self.attempts = 0
         self.self_is_next = False
         self.skew = False
+        self.rerouted = False
 
     @property
     def local(self) -> bool:
@@ -244,6 +246,24 @@ class Router:
             self._log(method, path, decision)
         return decision
 
+    def reject_marker(self, marker: HopMarker, why: str) -> None:
+        """Count an authentic marker that came with a request it was not made for (``why``: node, request, key)."""
+        self.counters["marker_mismatch"] += 1
+        logger.debug(
+            "affinity-mw: a hop marker from %s is not for this request (%s): routed as unmarked", marker.sender, why
+        )
+
+    def key_hash(self, key: str) -> int:
+        return self._hash(key)
+
+    def hop(self, key: str | None, marker: HopMarker, method: str, path: str) -> Decision:
+        """Serve here a request a peer routed to this node, its key already extracted."""
+        membership = self.membership
+        decision = self._hop(membership.ring, key, marker, membership.self_id)
+        if logger.isEnabledFor(logging.DEBUG):
+            self._log(method, path, decision)
+        return decision
+
     def hop_by_header(self, value: bytes | str | None, marker: HopMarker, method: str, path: str) -> Decision:
         """:meth:`decide` for a request with an authentic ``marker`` when the key is a plain header and ``value`` is
         its first value in the restored request: the owner's side of a forward, without a view."""
@@ -354,10 +374,6 @@ class Router:
         key_hash = self._hash(key) if key is not None else None
         owner = ring.owner(key_hash) if key_hash is not None else None
         decision = Decision(LOCAL, "hop", ring, key, key_hash, owner, marker=marker)
-        if key_hash != marker.key_hash:
-            # Both nodes should extract the same key from the same request; they differ while their key settings
-            # differ (a rollout) or if a captured marker is replayed for another key. Served here all the same.
-            counters["marker_key_mismatch"] += 1
         if owner is not None and owner.id != self_id:
             counters["misroute"] += 1
         if marker.ring_checksum != ring.checksum:

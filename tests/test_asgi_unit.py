@@ -435,7 +435,8 @@ def test_hop_header_size_is_measured_as_the_first_node_saw_it() -> None:
     from affinity_mw import HopSigner
 
     tenant = owned_by(URLS[1])
-    marker = HopSigner(SECRET).sign(sender=URLS[0], key_hash=hash_key(tenant), ring_checksum=RING.checksum, added="fp")
+    marker = HopSigner(SECRET).sign(sender=URLS[0], receiver=URLS[1], method="GET", target="/p?q=1",
+                                    key_hash=hash_key(tenant), ring_checksum=RING.checksum, added="fp")  # fmt: skip
     budget = 8 + len(tenant) + 5 + 100
     mw = middleware(self_url=URLS[1], max_header_bytes=budget)
     _, sent = call(
@@ -540,11 +541,11 @@ def test_on_a_hop_the_key_is_read_from_the_request_as_the_first_node_saw_it() ->
     appended to: otherwise both nodes extract different keys (counted as a marker for another key)."""
     from affinity_mw import HopSigner
 
-    marker = HopSigner(SECRET).sign(sender=URLS[0], key_hash=hash_key("1.1.1.1"), ring_checksum=RING.checksum,
-                                    added="f")  # fmt: skip
+    marker = HopSigner(SECRET).sign(sender=URLS[0], receiver=URLS[1], method="GET", target="/p?q=1",
+                                    key_hash=hash_key("1.1.1.1"), ring_checksum=RING.checksum, added="f")  # fmt: skip
     mw = middleware(self_url=URLS[1], key="header:X-Forwarded-For")
     _, sent = call(mw, None, headers=[(b"x-forwarded-for", b"1.1.1.1, 10.9.9.9"), (b"x-affinity-hop", marker)])
     assert sent[0]["status"] == 200
     decision = SEEN[-1]["state"]["affinity"]
     assert decision.key == "1.1.1.1" and decision.reason == "hop"
-    assert mw.core.counters["marker_key_mismatch"] == 0
+    assert mw.core.counters["marker_mismatch"] == 0

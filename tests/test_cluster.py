@@ -379,9 +379,17 @@ def test_forged_hop_marker_does_not_stop_forwarding(cluster: Cluster, client: ht
 
 
 def test_valid_marker_is_served_where_it_lands(cluster: Cluster, client: httpx.Client) -> None:
-    # A genuine marker (signed with the cluster secret) makes the receiving node serve even a key it does not own.
+    # A genuine marker (signed with the cluster secret, for this request to this node) makes the receiving node
+    # serve even a key it does not own.
     tenant = tenant_not_owned_by(cluster, cluster.urls[0])
-    marker = HopSigner(SECRET).sign(sender=cluster.urls[1], key_hash=hash_key(tenant), ring_checksum="x")
+    marker = HopSigner(SECRET).sign(
+        sender=cluster.urls[1],
+        receiver=cluster.urls[0],
+        method="GET",
+        target=f"/probe/{tenant}/echo",
+        key_hash=hash_key(tenant),
+        ring_checksum="x",
+    )
     r = client.get(
         f"{cluster.urls[0]}/probe/{tenant}/echo",
         headers={"X-Tenant": tenant, "X-Affinity-Hop": marker.decode()},

@@ -14,7 +14,7 @@ from figures import Figures
 from load import Load
 
 from affinity_mw import StaticMembership, hash_key
-from affinity_mw.introspect import AUTH_HEADER, sign_request
+from affinity_mw.introspect import AUTH_HEADER, sign_drain, sign_request
 
 KEYS = [f"k{i}" for i in range(100)]
 STACKS = {
@@ -124,7 +124,10 @@ def restart_with_draining(node: ServerNode, load: Load) -> None:
     """What a Kubernetes preStop hook plus SIGTERM do: drain, let peers and the load balancer notice, stop,
     start again, become ready."""
     r = httpx.post(
-        f"{node.url}/_affinity/health/drain", headers={AUTH_HEADER: sign_request(SECRET)}, trust_env=False, timeout=5
+        f"{node.url}/_affinity/health/drain",
+        headers={AUTH_HEADER: sign_drain(SECRET, node.url)},
+        trust_env=False,
+        timeout=5,
     )
     assert r.status_code == 200
     assert httpx.get(f"{node.url}/_affinity/health", trust_env=False).status_code == 503

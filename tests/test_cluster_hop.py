@@ -181,3 +181,30 @@ def test_previous_format_marker_is_honoured_and_counted(tapped: tuple[Cluster, T
 
 def test_no_server_errors(tapped: tuple[Cluster, Tap], tmp_path: Path) -> None:
     assert "Traceback" not in tapped[0].logs()
+
+
+def test_nodes_that_disagree_about_the_key_cannot_bounce_a_request(tmp_path: Path) -> None:
+    """A rollout that changes AFFINITY_KEY: node 1 routes by X-Tenant, node 2 by X-Other. Each rejects the
+    other's marker (another key) and routes again; the re-routed request is served where it lands next: two
+    hops at most, never a loop."""
+    node_env = [{"AFFINITY_KEY": "header:X-Tenant"}, {"AFFINITY_KEY": "header:X-Other"}]
+    with Cluster(tmp_path, n=2, node_env=node_env) as c:
+        ring = StaticMembership(c.urls).ring
+        keys = [f"k{i}" for i in range(400)]
+        tenant = next(k for k in keys if ring.owner_of(k).id == c.urls[1])  # type: ignore[union-attr]
+        other = next(k for k in keys if ring.owner_of(k).id == c.urls[0])  # type: ignore[union-attr]
+        start = time.monotonic()
+        r = httpx.get(
+            f"{c.urls[0]}/probe/x/echo",
+            headers={"X-Tenant": tenant, "X-Other": other},
+            trust_env=False,
+            timeout=30,
+        )
+        took = time.monotonic() - start
+        assert r.status_code == 200, r.text
+        body = r.json()
+        # node 1 -> node 2 (rejects: another key) -> node 1 (rejects again, but it was re-routed): served there.
+        assert body["node"] == c.urls[0] and body["decision"]["reason"] == "hop", body
+        assert counter(c.urls[0], "marker_mismatch") == 1 and counter(c.urls[1], "marker_mismatch") == 1
+        assert took < 5, took
+        assert "Traceback" not in c.logs()

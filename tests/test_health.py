@@ -10,7 +10,7 @@ from pathlib import Path
 from affinity_mw import keys
 from affinity_mw.core import AffinityCore
 from affinity_mw.health import PeerHealth
-from affinity_mw.introspect import AUTH_HEADER, sign_request
+from affinity_mw.introspect import AUTH_HEADER, sign_drain, sign_request
 from affinity_mw.membership import StaticMembership
 from affinity_mw.metrics import COUNTERS
 from affinity_mw.request import RequestView
@@ -157,11 +157,14 @@ def test_health_path_details_only_for_the_allowed_and_drain_only_when_signed() -
     assert c.internal_response("POST", "/_affinity/health/drain", "::1", "", forged.get)[0] == 403  # type: ignore[index]
     assert c.internal_response("GET", "/_affinity/health/drain", "127.0.0.1")[0] == 405  # type: ignore[index]
     assert not c.draining
-    assert c.internal_response("POST", "/_affinity/health/drain", "10.9.9.9", "", signed.get)[0] == 200  # type: ignore[index]
+    assert c.internal_response("POST", "/_affinity/health/drain", "10.9.9.9", "", signed.get)[0] == 403  # type: ignore[index]
+    drain = {AUTH_HEADER: sign_drain("health-test-secret-0123456789", URLS[0])}
+    undo = {AUTH_HEADER: sign_drain("health-test-secret-0123456789", URLS[0], undo=True)}
+    assert c.internal_response("POST", "/_affinity/health/drain", "10.9.9.9", "", drain.get)[0] == 200  # type: ignore[index]
     assert c.draining
     status, body, _ = c.internal_response("GET", "/_affinity/health", "10.0.0.1")  # type: ignore[misc]
     assert status == 503 and json.loads(body)["status"] == "draining"
-    assert c.internal_response("DELETE", "/_affinity/health/drain", None, "", signed.get)[0] == 200  # type: ignore[index]
+    assert c.internal_response("DELETE", "/_affinity/health/drain", None, "", undo.get)[0] == 200  # type: ignore[index]
     assert not c.draining
     assert c.internal_response("GET", "/_affinity/healthy", None) is None
     assert c.internal_response("GET", "/app", None) is None

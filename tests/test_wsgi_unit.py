@@ -330,12 +330,12 @@ def test_on_a_hop_the_key_is_read_from_the_request_as_the_first_node_saw_it() ->
     from affinity_mw import HopSigner
 
     ring = StaticMembership(URLS).ring
-    marker = HopSigner(SECRET).sign(sender=URLS[0], key_hash=hash_key("1.1.1.1"), ring_checksum=ring.checksum,
-                                    added="f")  # fmt: skip
+    marker = HopSigner(SECRET).sign(sender=URLS[0], receiver=URLS[1], method="GET", target="/p?q=1",
+                                    key_hash=hash_key("1.1.1.1"), ring_checksum=ring.checksum, added="f")  # fmt: skip
     mw = middleware(self_url=URLS[1], key="header:X-Forwarded-For")
     extra = {"HTTP_X_FORWARDED_FOR": "1.1.1.1, 10.9.9.9", "HTTP_X_AFFINITY_HOP": marker.decode()}
     status, _, _ = call(mw, None, extra=extra)
     assert status.startswith("200")
     decision = SEEN[-1]["affinity_mw.decision"]
     assert decision.key == "1.1.1.1" and decision.reason == "hop"
-    assert mw.core.counters["marker_key_mismatch"] == 0
+    assert mw.core.counters["marker_mismatch"] == 0
