@@ -32,9 +32,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
-from functools import reduce
-from math import gcd
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import dns.exception
@@ -44,6 +42,7 @@ import dns.rdatatype
 import dns.resolver
 
 from ._addresses import IPAddress, find_self, normalize_url, parse_nameservers, url_host
+from ._resolver import describe, make_resolver, ring_weights
 from .ring import DEFAULT_ALGORITHM, DEFAULT_VNODES, Node, Ring, build_ring
 
 if TYPE_CHECKING:
@@ -56,10 +55,6 @@ logger = logging.getLogger("affinity_mw")
 MIN_INTERVAL = 1.0
 """No refresh is scheduled sooner than this after a good answer, whatever the TTL says: a TTL of 0 (some service
 registries use it) would otherwise turn the refresher into a busy loop against the resolver."""
-
-MAX_WEIGHT = 16
-"""Largest ring weight an SRV record can give a member. Ring size grows with the total weight, and a ring must
-stay small enough to rebuild in milliseconds on every node; 16 already expresses a 16:1 capacity ratio."""
 
 FIRST_BACKOFF = 0.25
 """Delay before the second lookup when the first one failed; it doubles up to the refresh interval."""
@@ -74,37 +69,6 @@ class _LookupFailed(Exception):
 
 class _Closed(Exception):
     """:meth:`DnsMembership.close` was called during a lookup: stop without counting a failure."""
-
-
-def ring_weights(srv_weights: Sequence[int]) -> list[int]:
-    """Ring weights from SRV weights: 0 counts as 1, divided by their gcd, the largest capped at 16.
-
-    SRV weights are often large numbers with a common factor (CoreDNS gives every endpoint of a Service
-    ``100 / count``), and a ring has ``vnodes * total weight`` points, so raw weights would build rings of
-    millions of points (which :class:`HashRing` refuses). Dividing by the gcd keeps equal weights at 1, so a
-    homogeneous cluster gets exactly the ring a static list gives; above 16 the others are scaled in proportion
-    (at least 1), so the ratio survives approximately.
-    """
-    weights = [max(1, int(w)) for w in srv_weights]
-    if not weights:
-        return []
-    common = reduce(gcd, weights)
-    weights = [w // common for w in weights]
-    top = max(weights)
-    if top > MAX_WEIGHT:
-        weights = [max(1, round(w * MAX_WEIGHT / top)) for w in weights]
-    return weights
-
-
-def _describe(exc: BaseException) -> str:
-    """A one-line reason for a failed lookup, in the words an operator searches for."""
-    if isinstance(exc, dns.resolver.NXDOMAIN):
-        return f"NXDOMAIN: {exc}"
-    if isinstance(exc, dns.resolver.NoNameservers):
-        return f"no nameserver answered (SERVFAIL, refused or unreachable): {exc}"
-    if isinstance(exc, dns.exception.Timeout):
-        return f"timeout: {exc}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 class DnsMembership:
@@ -173,7 +137,7 @@ class DnsMembership:
         self.algorithm = algorithm
         self._self_url = normalize_url(self_url) if self_url else None
         self._nameservers = parse_nameservers(nameservers)
-        self._resolver = self._make_resolver(timeout, lifetime)
+        self._resolver = make_resolver(self._nameservers, timeout, lifetime)
         self._lifetime = lifetime
 
         # Empty until the first good answer: the router serves locally.
@@ -304,24 +268,6 @@ class DnsMembership:
 
     # ------------------------------------------------------------------ lookups
 
-    def _make_resolver(self, timeout: float, lifetime: float) -> dns.resolver.Resolver:
-        if self._nameservers:
-            resolver = dns.resolver.Resolver(configure=False)
-            resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port) for host, port in self._nameservers]
-        else:
-            try:
-                resolver = dns.resolver.Resolver()
-            except dns.exception.DNSException as exc:
-                raise ValueError(
-                    f"No system DNS resolver configuration ({exc}); set AFFINITY_DNS_NAMESERVER to host[:port]."
-                ) from None
-        resolver.timeout = timeout
-        resolver.lifetime = lifetime
-        # EDNS with a 1232-byte UDP payload (the DNS flag day 2020 size): SRV answers for a few dozen pods do
-        # not fit the classic 512 bytes, and a truncated answer would cost a TCP round trip per refresh.
-        resolver.use_edns(0, 0, 1232)
-        return resolver
-
     def _resolve(self, qname: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> tuple[list[Any], float | None]:
         """The records of one type (empty for "no records of this type") and their TTL; raises on failure.
 
@@ -390,7 +336,7 @@ class DnsMembership:
                 previous = current.get(node_id)
                 if previous is not None:
                     address = previous.address
-                logger.debug("affinity-mw: SRV target %s did not resolve: %s", target, _describe(exc))
+                logger.debug("affinity-mw: SRV target %s did not resolve: %s", target, describe(exc))
             if address is None:
                 left_out.append(target)
                 continue
@@ -422,7 +368,7 @@ class DnsMembership:
             except _Closed:
                 return False
             except (_LookupFailed, dns.exception.DNSException, OSError, ValueError) as exc:
-                self._failed(str(exc) if isinstance(exc, _LookupFailed) else _describe(exc))
+                self._failed(str(exc) if isinstance(exc, _LookupFailed) else describe(exc))
                 return False
             if self._failures_in_row:
                 logger.info(
