@@ -4,7 +4,7 @@ Why a client of our own: a forward needs far less than a general client does (no
 decompression, URL parsing, retries, tracing), and under asyncio+h11 on 2 cores aiohttp's per-request machinery
 cost more CPU than the hop itself (docs/benchmarks.md). This one writes the request head as one buffer, parses
 the response head with ``bytes.split``, streams bodies with flow control in both directions, and keeps idle
-connections per peer for ``keepalive`` seconds (below the peers' own keep-alive, DESIGN.md 6.5).
+connections per peer for ``keepalive`` seconds (below the peers' own keep-alive: docs/design.md).
 
 It follows the transport contract of :mod:`affinity_mw.forward`: :class:`ConnectFailed` when nothing was sent,
 :class:`SendFailed` when the connection broke before response headers (or mid-body), :class:`UpstreamTimeout`
@@ -106,7 +106,7 @@ class _Connection(asyncio.Protocol):
         if not self.head_phase:
             # Until the response head is complete, the peer's bytes do not reset the clock: the per-try timeout
             # bounds the wait for response headers, and a peer trickling 1xx lines or head bytes must not stretch
-            # it past the overall deadline (DESIGN.md 6.4). Our own writes and waits still do.
+            # it past the overall deadline (docs/reliability.md). Our own writes and waits still do.
             self._last_data = self.loop.time()
         if not self.paused and len(self.buf) > _HIGH_WATER:
             self.paused = True
@@ -323,7 +323,7 @@ class _Response:
                 raise BadResponse(f"bad chunk size line {line[:40]!r}")
             size = int(size_text, 16)
             if size == 0:
-                while await _read_line(conn):  # trailers are dropped (hop-by-hop unless declared; DESIGN 6.7)
+                while await _read_line(conn):  # trailers are dropped (hop-by-hop unless declared)
                     pass
                 return
             while size:
@@ -472,7 +472,7 @@ class AsyncioTransport:
             return await self._exchange(pool, peer, conn, request, head, chunks, more, remaining, timeout)
         except SendFailed:
             conn.close()
-            # A pooled connection the peer closed as we reused it (DESIGN.md 6.5): an idempotent request without
+            # A pooled connection the peer closed as we reused it (docs/design.md): an idempotent request without
             # a body that got no byte back is re-sent once on a fresh connection to the same peer. Anything else
             # is the failover rules' business (ForwardPlan), not the transport's.
             if not reused or conn.received or body is not None or request.method not in IDEMPOTENT:

@@ -1,6 +1,6 @@
 """The network clients that carry a forward, behind the small interfaces in :mod:`affinity_mw.forward`.
 
-Defaults chosen by measurement on a 2-core box (DESIGN.md section 8, docs/benchmarks.md): for ASGI the built-in
+Defaults chosen by measurement on a 2-core box (docs/benchmarks.md): for ASGI the built-in
 client of :mod:`affinity_mw.h1` (2.5x less client CPU per forward than aiohttp, which measured 0.45 x the bare
 app's throughput against 0.033 x for one shared ``httpx.AsyncClient``); urllib3 for WSGI (0.46 x, against 0.34 x
 for ``httpx.Client``). aiohttp and httpx stay available (``AFFINITY_TRANSPORT``, or a client passed in).

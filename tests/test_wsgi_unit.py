@@ -210,7 +210,8 @@ def test_client_abort_is_not_a_peer_failure() -> None:
     mw = middleware(ScriptedTransport(*[ClientGone("left")] * 5), eject_after=1)
     for _ in range(3):
         status, _, body = call(mw, tenant, "POST", b"abc")
-        assert (status, body) == ("", b""), "nobody is there to answer"
+        # WSGI cannot abort before a response starts: a 400 nobody reads, for the access log (never a 500).
+        assert status.startswith("400") and b"closed the connection" in body
     assert mw.core.health.usable(URLS[1])
 
 
@@ -221,21 +222,12 @@ def test_pool_exhaustion_is_a_fast_503_and_slots_come_back() -> None:
                "wsgi.input": io.BytesIO(), "HTTP_X_TENANT": tenant}  # fmt: skip
     held = mw(dict(environ), lambda *a: None)  # a response still streaming holds the peer's only slot
     status, headers, _ = call(mw, tenant)
-    assert status.startswith("503") and ("Retry-After", "1") in headers
+    assert status.startswith("503") and ("retry-after", "1") in headers
     held.close()  # type: ignore[attr-defined]
     assert call(mw, tenant)[0].startswith("200"), "closing the relayed response released the slot"
 
 
-def test_environ_view_reads_headers_where_wsgi_keeps_them() -> None:
-    from affinity_mw.wsgi import _EnvironView
-
-    view = _EnvironView({"HTTP_X_TENANT": "acme", "CONTENT_TYPE": "text/plain", "REQUEST_METHOD": "POST"})
-    assert view.first(b"x-tenant") == b"acme" and view.header("Content-Type") == "text/plain"
-    assert view.first(b"x-missing") is None
-    assert (b"x-tenant", b"acme") in view.headers
-
-
-# ------------------------------------------------------------------------------------- limits (DESIGN.md 6.14)
+# ------------------------------------------------------------------------------------- limits (431, 413)---------
 
 
 def owned(url: str) -> str:
