@@ -166,6 +166,8 @@ class AffinityMiddleware:
     def _watch_lifespan(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:
             message = await receive()
+            if message["type"] == "lifespan.startup":  # async ownership callbacks run on the server's loop
+                self.core.ownership.bind_loop(asyncio.get_running_loop())
             if message["type"] == "lifespan.shutdown":
                 self.core.start_draining()
                 await self.transport.aclose()
