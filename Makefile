@@ -18,6 +18,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy affinity_mw
+	$(BIN)/python scripts/check_structure.py
 
 # Every module's length and every import cycle among them (all imports counted); exits 1 on a cycle.
 structure: $(STAMP)

@@ -561,3 +561,18 @@ def test_limit_settings_are_validated() -> None:
         middleware(max_body=-1)
     with pytest.raises(ConfigurationError, match="AFFINITY_MAX_HEADER_BYTES"):
         middleware(max_header_bytes=0)
+
+
+def test_on_a_hop_the_key_is_read_from_the_request_as_the_first_node_saw_it() -> None:
+    """Keyed by X-Forwarded-For, the owner must route by the value the first node saw, not the one the forwarder
+    appended to: otherwise both nodes extract different keys (counted as a marker for another key)."""
+    from affinity_mw import HopSigner
+
+    marker = HopSigner(SECRET).sign(sender=URLS[0], key_hash=hash_key("1.1.1.1"), ring_checksum=RING.checksum,
+                                    added="f")  # fmt: skip
+    mw = middleware(self_url=URLS[1], key="header:X-Forwarded-For")
+    _, sent = call(mw, None, headers=[(b"x-forwarded-for", b"1.1.1.1, 10.9.9.9"), (b"x-affinity-hop", marker)])
+    assert sent[0]["status"] == 200
+    decision = SEEN[-1]["state"]["affinity"]
+    assert decision.key == "1.1.1.1" and decision.reason == "hop"
+    assert mw.core.counters["marker_key_mismatch"] == 0

@@ -322,3 +322,20 @@ def test_header_scan_sizes_every_header_key_and_only_those() -> None:
     # An internal header after many other keys is still found and stripped before the app sees the request.
     status, _, _ = call(middleware(), tenant, extra={**extras, "HTTP_X_AFFINITY_OWNER": "spoofed"})
     assert status.startswith("200") and "HTTP_X_AFFINITY_OWNER" not in SEEN[-1]
+
+
+def test_on_a_hop_the_key_is_read_from_the_request_as_the_first_node_saw_it() -> None:
+    """Keyed by X-Forwarded-For, the owner must route by the value the first node saw, not the one the forwarder
+    appended to: otherwise both nodes extract different keys (counted as a marker for another key)."""
+    from affinity_mw import HopSigner
+
+    ring = StaticMembership(URLS).ring
+    marker = HopSigner(SECRET).sign(sender=URLS[0], key_hash=hash_key("1.1.1.1"), ring_checksum=ring.checksum,
+                                    added="f")  # fmt: skip
+    mw = middleware(self_url=URLS[1], key="header:X-Forwarded-For")
+    extra = {"HTTP_X_FORWARDED_FOR": "1.1.1.1, 10.9.9.9", "HTTP_X_AFFINITY_HOP": marker.decode()}
+    status, _, _ = call(mw, None, extra=extra)
+    assert status.startswith("200")
+    decision = SEEN[-1]["affinity_mw.decision"]
+    assert decision.key == "1.1.1.1" and decision.reason == "hop"
+    assert mw.core.counters["marker_key_mismatch"] == 0
