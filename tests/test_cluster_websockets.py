@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -57,6 +58,13 @@ def ws_url(http_url: str, path: str) -> str:
 
 def hello(ws: ClientConnection) -> dict[str, object]:
     return json.loads(ws.recv(timeout=10))  # type: ignore[no-any-return]
+
+
+def status(url: str) -> dict[str, Any]:
+    response = httpx.get(
+        f"{url}/_affinity/status.json", headers={AUTH_HEADER: sign_request(SECRET)}, trust_env=False, timeout=5
+    )
+    return response.json()  # type: ignore[no-any-return]
 
 
 def counters(url: str) -> dict[str, int]:
@@ -261,16 +269,17 @@ def test_a_key_that_moves_to_a_joining_node_closes_or_keeps_its_websockets(tmp_p
                     with pytest.raises(ConnectionClosed) as info:
                         member.recv(timeout=10)
                     assert info.value.rcvd is not None and info.value.rcvd.code == 1012
+                # Nodes refresh DNS on their own clocks: once all see the new ring, reconnects meet on node 3.
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline and any(
+                    status(u)["ring"]["checksum"] != three.checksum for u in c.urls
+                ):
+                    time.sleep(0.1)
                 for url in c.urls:
                     with connect(ws_url(url, f"/ws/rooms/{room}")) as ws:
                         assert hello(ws)["node"] == c.urls[2]
-                status = httpx.get(
-                    f"{old_owner}/_affinity/status.json",
-                    headers={AUTH_HEADER: sign_request(SECRET)},
-                    trust_env=False,
-                    timeout=5,
-                ).json()
-                [change] = status["ownership_changes"]
+                old_status = status(old_owner)
+                [change] = old_status["ownership_changes"]
                 assert change["new_ring"] == three.checksum and change["lost_fraction"] > 0
             else:
                 deadline = time.monotonic() + 10
