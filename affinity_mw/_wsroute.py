@@ -13,6 +13,7 @@ from websockets.asyncio.client import ClientConnection
 
 from ._plan import SERVE_LOCAL, Answer, Forwarding, ForwardPlan, _Signal, debug_headers
 from ._scope import ScopeRequest
+from ._wssessions import MOVED_REASON
 from .forward import BAD_TARGET, DRAINING_HEADER, ForwardError, Headers
 from .router import FORWARD, LOCAL, Decision
 from .websocket import (
@@ -88,6 +89,7 @@ class WebSocketRouting:
         self.core = core
         self.app = app
         settings = core.settings
+        self.close_moved = settings.ws_on_move == "close"
         ping = settings.ws_ping or None
         self.options = RelayOptions(
             connect_timeout=settings.connect_timeout,
@@ -109,6 +111,14 @@ class WebSocketRouting:
             return
         assert isinstance(decision, Decision)
         if decision.action == LOCAL:
+            if decision.skew and decision.owner is not None and decision.owner.id != core.self_id and self.close_moved:
+                # Forwarded by a peer whose ring differs from ours, which names another owner: a membership change
+                # is under way. Keep no websocket here that ws_on_move=close would close: the reconnect goes
+                # where the key lives once the peers agree (a failover, on the same ring, is served).
+                await receive()
+                await send({"type": "websocket.accept"})
+                await send({"type": "websocket.close", "code": 1012, "reason": MOVED_REASON})
+                return
             await self._serve_local(request.scope, receive, send, decision)
             return
         connect = await receive()

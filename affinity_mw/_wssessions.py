@@ -9,7 +9,10 @@ import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["OpenWebSockets", "Session"]
+__all__ = ["MOVED_REASON", "OpenWebSockets", "Session"]
+
+MOVED_REASON = "affinity-mw: this key moved; reconnect"
+"""The close reason (with 1012) of a websocket whose key moved to another node."""
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ._plan import Answer, Forwarding, RetryBudget, debug_headers
-from ._wssessions import OpenWebSockets, Session
+from ._wssessions import MOVED_REASON, OpenWebSockets, Session
 from .config import Settings
 from .forward import BODY_TOO_LARGE, DRAINING_HEADER, HEADERS_TOO_LARGE, Headers
 from .health import PeerHealth, answers_200
@@ -258,9 +258,7 @@ class AffinityCore:
             owner = new.owner_of(session.key) if session.key is not None else None
             return owner is not None and owner.id != (session.peer or new_self)
 
-        closed = self.websockets.close_where(
-            moved, 1012, "affinity-mw: this key moved; reconnect", self.settings.ws_move_grace
-        )
+        closed = self.websockets.close_where(moved, 1012, MOVED_REASON, self.settings.ws_move_grace)
         if closed:
             logger.info("affinity-mw: closing %d websocket(s) whose key moved", closed)
 
