@@ -122,6 +122,8 @@ class WebSocketRouting:
             await self._serve_local(request.scope, receive, send, decision)
             return
         connect = await receive()
+        if connect["type"] != "websocket.connect":
+            return  # the client left before its handshake could be forwarded
         forwarding = core.forwarding
         assert forwarding is not None  # a forward decision needs a peer, and a peer needs the secret
         outcome = await forward_websocket(forwarding, decision, request, self.options)

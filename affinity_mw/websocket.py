@@ -356,6 +356,9 @@ async def relay(connection: ClientConnection, receive: Receive, send: Send, head
                 "headers": accept_headers(connection) if headers is None else headers,
             }
         )
+    except OSError:  # the client left while the owner answered its handshake
+        connection.transport.abort()
+        return
     except BaseException:
         connection.transport.abort()
         raise
