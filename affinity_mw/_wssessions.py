@@ -9,7 +9,10 @@ import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["OpenWebSockets", "Session"]
+__all__ = ["MOVED_REASON", "OpenWebSockets", "Session"]
+
+MOVED_REASON = "affinity-mw: this key moved; reconnect"
+"""The close reason (with 1012) of a websocket whose key moved to another node."""
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -89,11 +92,23 @@ class OpenWebSockets:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def close_where(self, predicate: Callable[[Session], bool], code: int, reason: str = "", after: float = 0.0) -> int:
-        """Close, ``after`` seconds from now, every open websocket for which ``predicate`` holds; callable from
-        any thread. Returns how many were chosen."""
+    def close_where(
+        self,
+        predicate: Callable[[Session], bool],
+        code: int,
+        reason: str = "",
+        after: float = 0.0,
+        still: Callable[[], bool] | None = None,
+    ) -> int:
+        """Close, ``after`` seconds from now, every open websocket for which ``predicate`` holds, unless ``still()``
+        is false by then (a drain undone); callable from any thread. Returns how many were chosen."""
         chosen = [session for session in list(self._sessions) if predicate(session)]
+
+        def close(session: Session) -> None:
+            if still is None or still():
+                session.close(code, reason)
+
         for session in chosen:
             with contextlib.suppress(RuntimeError):  # a loop that has closed has no websockets left open
-                session.loop.call_soon_threadsafe(session.loop.call_later, after, session.close, code, reason)
+                session.loop.call_soon_threadsafe(session.loop.call_later, after, close, session)
         return len(chosen)

@@ -42,8 +42,18 @@ class Introspection:
     whether this node drains."""
 
     def __init__(
-        self, *, settings: Any, membership: Any, health: Any, metrics: Any, draining: Callable[[], bool]
+        self,
+        *,
+        settings: Any,
+        membership: Any,
+        health: Any,
+        metrics: Any,
+        draining: Callable[[], bool],
+        ownership: Callable[[], list[dict[str, Any]]] = list,
+        websockets: Callable[[], int] = int,
     ) -> None:
+        self.ownership = ownership
+        self.websockets = websockets
         self.membership = membership
         self.health = health
         self.metrics = metrics
@@ -155,6 +165,8 @@ class Introspection:
             "locality_ratio": metrics["locality_ratio"],
             "peer_ejections": metrics["peer_ejections"],
             "membership": getattr(self.membership, "stats", None),
+            "websockets_open": self.websockets(),
+            "ownership_changes": self.ownership(),
         }
 
 
@@ -201,6 +213,10 @@ _PAGE = """<!doctype html>
  <tbody id="members"></tbody></table>
 </div>
 <div class="counters" id="counters"></div>
+<h2 style="font-size:16px;margin:18px 0 6px">Recent ownership changes &middot; <span id="websockets"></span>
+ open websockets</h2>
+<table><thead><tr><th>when (UTC)</th><th>ring</th><th>keys gained</th><th>keys lost</th></tr></thead>
+<tbody id="changes"></tbody></table>
 <script id="initial" type="application/json">__DATA__</script>
 <script>
 const COLORS = __COLORS__;
@@ -248,6 +264,16 @@ function render(s){
   const c = el("div", {class: "counter", "data-counter": k}); c.appendChild(el("b", {}, String(v)));
   c.appendChild(document.createTextNode(k.replace(/_/g, " "))); counters.appendChild(c);
  }
+ document.getElementById("websockets").textContent = String(s.websockets_open || 0);
+ const changes = document.getElementById("changes"); changes.replaceChildren();
+ const pct = f => f === null ? "n/a" : (100 * f).toFixed(1) + "%";
+ (s.ownership_changes || []).slice().reverse().forEach(c => {
+  const tr = el("tr", {"data-change": c.new_ring});
+  tr.appendChild(el("td", {}, new Date(1000 * c.at).toISOString().replace("T", " ").slice(0, 19)));
+  tr.appendChild(el("td", {}, (c.old_ring || "none") + " -> " + c.new_ring));
+  tr.appendChild(el("td", {}, pct(c.gained_fraction))); tr.appendChild(el("td", {}, pct(c.lost_fraction)));
+  changes.appendChild(tr);
+ });
 }
 render(JSON.parse(document.getElementById("initial").textContent));
 setInterval(() => fetch("__BASE__/status.json", {cache: "no-store"}).then(r => r.ok ? r.json() : null)

@@ -57,6 +57,10 @@ COUNTERS: dict[str, tuple[str, str]] = {
     ),
     "forward_errors": ("affinity_forward_errors_total", "Forward attempts that failed (refused, reset, timed out)."),
     "retries": ("affinity_forward_retries_total", "Idempotent requests retried on another peer after a failure."),
+    "cookies_issued": (
+        "affinity_cookies_issued_total",
+        "Generated affinity cookies set on responses to requests that carried no key.",
+    ),
 }
 
 

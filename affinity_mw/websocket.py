@@ -83,6 +83,7 @@ __all__ = [
     "OwnerRefused",
     "RelayOptions",
     "Session",
+    "accept_headers",
     "connect_owner",
     "deny",
     "relay",
@@ -275,7 +276,7 @@ async def deny(scope: Scope, send: Send, status: int, body: bytes, headers: Head
         await send({"type": "websocket.close", "code": 1008})
 
 
-def _accept_headers(connection: ClientConnection) -> Headers:
+def accept_headers(connection: ClientConnection) -> Headers:
     """The owner's handshake response headers for the client's ``websocket.accept``: ``Set-Cookie`` and the
     app's own headers pass; the handshake's own and hop-by-hop ones are the client's server's to write."""
     response = connection.response
@@ -340,7 +341,7 @@ async def _owner_to_client(connection: ClientConnection, send: Send) -> None:
         await send({"type": "websocket.close", "code": code, "reason": reason})
 
 
-async def relay(connection: ClientConnection, receive: Receive, send: Send) -> None:
+async def relay(connection: ClientConnection, receive: Receive, send: Send, headers: Headers | None = None) -> None:
     """Accept the client (the caller has received its ``websocket.connect``) as the owner accepted, and relay
     both ways until either end closes; the other end is then closed as described above.
 
@@ -349,8 +350,15 @@ async def relay(connection: ClientConnection, receive: Receive, send: Send) -> N
     """
     try:
         await send(
-            {"type": "websocket.accept", "subprotocol": connection.subprotocol, "headers": _accept_headers(connection)}
+            {
+                "type": "websocket.accept",
+                "subprotocol": connection.subprotocol,
+                "headers": accept_headers(connection) if headers is None else headers,
+            }
         )
+    except OSError:  # the client left while the owner answered its handshake
+        connection.transport.abort()
+        return
     except BaseException:
         connection.transport.abort()
         raise
