@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from websockets.asyncio.client import ClientConnection
 
 from ._plan import SERVE_LOCAL, Answer, Forwarding, ForwardPlan, _Signal, debug_headers
-from ._scope import ScopeRequest
+from ._scope import ScopeRequest, expose
 from ._wssessions import MOVED_REASON
 from .forward import BAD_TARGET, DRAINING_HEADER, ForwardError, Headers
 from .router import FORWARD, LOCAL, Decision
@@ -156,10 +156,7 @@ class WebSocketRouting:
         return moved
 
     async def _serve_local(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> None:
-        state = scope.get("state")
-        if state is None:
-            scope["state"] = state = {}
-        state["affinity"] = decision
+        expose(scope, decision)
         extra = self.core.serve_here(decision, scope["scheme"])
         if extra:
             send = _with_accept_headers(send, extra)

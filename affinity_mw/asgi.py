@@ -15,7 +15,7 @@ from typing import Any
 
 from ._forwarding import forward_async
 from ._plan import ABORT, SERVE_LOCAL, Answer, Relay
-from ._scope import RequestBody, ScopeRequest, first_header
+from ._scope import RequestBody, ScopeRequest, expose, first_header
 from ._slots import AsyncPeerSlots
 from ._wsroute import WebSocketRouting
 from .core import AffinityCore
@@ -97,10 +97,7 @@ class AffinityMiddleware:
     def _serve_local(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> Awaitable[None]:
         """The app's own coroutine for a request served here (the caller awaits it): no coroutine of ours in
         between unless a response header or a body limit needs one."""
-        state = scope.get("state")
-        if state is None:
-            scope["state"] = state = {}
-        state["affinity"] = decision
+        expose(scope, decision)
         extra = self.core.serve_here(decision, scope["scheme"])
         if extra:
             send = _with_headers(send, extra)

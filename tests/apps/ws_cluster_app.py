@@ -16,10 +16,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from affinity_mw import AffinityMiddleware
+from tests.apps.ws_app import closes, next_message
 
 NODE = os.environ.get("AFFINITY_SELF", "")
 rooms: dict[str, set[WebSocket]] = {}
-closes: dict[str, list[object]] = {}
 
 
 async def room(websocket: WebSocket) -> None:
@@ -30,15 +30,10 @@ async def room(websocket: WebSocket) -> None:
     try:
         await websocket.send_text(json.dumps({"node": NODE, "room": key, "members": len(members)}))
         while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                closes[key] = [message.get("code"), message.get("reason") or ""]
+            message = await next_message(websocket, key)
+            if message is None:
                 return
             text = message.get("text")
-            if text is not None and text.startswith("close:"):
-                _, code, reason = text.split(":", 2)
-                await websocket.close(int(code), reason)
-                return
             if text is not None:
                 for member in list(members):
                     with contextlib.suppress(Exception):  # a member that left meanwhile
