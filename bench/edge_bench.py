@@ -29,12 +29,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
-from http_bench import CLK_TCK, SECRET, Server, calibrate, free_port, nginx_binary  # noqa: E402
+import httpx
+from http_bench import CLK_TCK, SECRET, Server, calibrate, free_port, nginx_binary
 
-from affinity_mw.edge import nginx_config  # noqa: E402
-from affinity_mw.introspect import AUTH_HEADER, sign_request  # noqa: E402
-from affinity_mw.ring import NginxRing, Node  # noqa: E402
+from affinity_mw.edge import nginx_config
+from affinity_mw.introspect import AUTH_HEADER, sign_request
+from affinity_mw.ring import NginxRing, Node
 
 HOSTS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
 PROXY_HOST = "127.0.0.4"
@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     for name, s in summary.items():
         print(
-            f"{name:11s} {s['rps']:8.1f} req/s  x{s['ratio_to_bare']:.3f} of bare  {s['cpu_us_per_req']:7.1f} us CPU/req"
+            f"{name:11s} {s['rps']:8.1f} req/s  x{s['ratio_to_bare']:.3f} of bare"
+            f"  {s['cpu_us_per_req']:7.1f} us CPU/req"
             f"  p50 {s['p50_ms']:.2f} ms  p99 {s['p99_ms']:.2f} ms  forwarded {100 * s['forwarded_share']:.1f}%"
             f"  errors {s['errors']}"
         )
