@@ -231,6 +231,20 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import importlib
+
+    missing = []
+    for module, package in (("dns", "dnspython"), ("uvicorn", "uvicorn")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise SystemExit(
+            "affinity-mw demo runs a real local cluster: uvicorn nodes whose members come from a local DNS server. "
+            f"It needs {' and '.join(missing)}, which the core package does not install: "
+            "pip install 'affinity-mw[demo]' (in a clone: pip install '.[demo]')"
+        )
     from .demo import run_demo
 
     return run_demo(short=args.short, app=args.app, app_dir=args.app_dir)

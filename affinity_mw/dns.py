@@ -32,7 +32,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import reduce
 from math import gcd
 from typing import TYPE_CHECKING, Any
@@ -179,6 +179,7 @@ class DnsMembership:
         # Empty until the first good answer: the router serves locally.
         self.ring = build_ring((), algorithm, vnodes=vnodes)
         self.self_id = self._self_url
+        self._subscribers: list[Callable[[Ring, str | None, Ring, str | None], None]] = []
         self._good = False
         self._ttl: float | None = None
         self._failures_in_row = 0
@@ -443,8 +444,11 @@ class DnsMembership:
                 logger.info("affinity-mw: this node is not (or no longer) a member of %s", self.name)
             else:
                 logger.info("affinity-mw: this node is member %s of %s", new_self, self.name)
+        old_self = self.self_id
         if set(nodes) == set(old.nodes):
             self.self_id = new_self
+            if new_self != old_self:
+                self._notify(old, old_self, old, new_self)
             return
         # Raises ValueError for an oversized ring (or Maglev table): counted as a failure.
         new = build_ring(nodes, self.algorithm, vnodes=self.vnodes)
@@ -453,6 +457,7 @@ class DnsMembership:
         self.self_id = new_self
         self.ring = new
         self._stats["changes"] += 1
+        self._notify(old, old_self, new, new_self)
         if new.checksum == old.checksum:
             logger.info("affinity-mw: DNS membership of %s: member addresses changed, ring unchanged", self.name)
         else:
@@ -464,6 +469,18 @@ class DnsMembership:
                 new.checksum,
                 100.0 * old.moved_fraction(new),
             )
+
+    def subscribe(self, callback: Callable[[Ring, str | None, Ring, str | None], None]) -> None:
+        """Call ``callback(old_ring, old_self_id, new_ring, new_self_id)`` after each swap of the ring or of this
+        node's id, in the refresh thread (ownership-change hooks use it)."""
+        self._subscribers.append(callback)
+
+    def _notify(self, old: Ring, old_self: str | None, new: Ring, new_self: str | None) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(old, old_self, new, new_self)
+            except Exception:  # a subscriber's bug must not stop membership updates
+                logger.exception("affinity-mw: a membership subscriber failed")
 
     def _failed(self, reason: str) -> None:
         self._failures_in_row += 1

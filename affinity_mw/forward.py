@@ -2,10 +2,11 @@
 
 Header handling is a security boundary, so it lives in one place for ASGI and WSGI alike:
 
-* Hop-by-hop headers (RFC 9110 section 7.6.1: ``Connection`` and every header it names, ``Keep-Alive``,
-  ``Proxy-Connection``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade``, ``Proxy-Authorization``) are
-  dropped in both directions *before* the forwarder adds its own, so ``Connection: x-affinity-hop`` cannot
-  delete the marker.
+* Hop-by-hop headers (RFC 9110 section 7.6.1: ``Connection``, ``Keep-Alive``, ``Proxy-Connection``, ``TE``,
+  ``Trailer``, ``Transfer-Encoding``, ``Upgrade``, ``Proxy-Authorization``) are dropped in both directions
+  *before* the forwarder adds its own. The headers a response's ``Connection`` names are dropped too; those a
+  client's request names are not (:func:`request_headers`): the owner's app sees the request as it would have
+  served it locally, and ``Connection: x-affinity-hop`` cannot delete the marker.
 * The client's ``Content-Length``/``Transfer-Encoding`` are never copied: the forward is framed from the body
   the server actually parsed (a length the server enforced, or chunked).
 * Internal ``X-Affinity-*`` headers from the client, and names that fold onto them (``X_Affinity_Hop``), are
@@ -144,14 +145,6 @@ def client_gone(exc: BaseException) -> bool:
     return False
 
 
-def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens |= _tokens(value)
-    return tokens
-
-
 def _tokens(value: bytes) -> set[bytes]:
     """The header names a ``Connection`` value lists, lower-cased: hop-by-hop for this one message."""
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
@@ -174,8 +167,14 @@ def request_headers(
     ``X-Forwarded-For`` gets the client's address appended and ``X-Forwarded-Proto``/``-Host`` are set when the
     client request has none (an edge proxy's values are more truthful than ours); the owner's adapter removes
     exactly what was added (the marker says what).
+
+    The client's ``Connection`` header is dropped with the other hop-by-hop headers, but the names it lists are
+    not: a forward is an internal re-dispatch, and the owner's app must see the request as it would have seen it
+    served where it landed, where nothing the client names is removed. Honouring them would let a client strip,
+    on forwarded requests only, what a front proxy added (``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``), its
+    own credentials (``Authorization``, ``Cookie``) or the very header its key was read from.
     """
-    drop = _NOT_COPIED_UP | _connection_tokens(headers)
+    drop = _NOT_COPIED_UP
     out: Headers = []
     if not forwarded:
         for name, value in headers:
@@ -249,7 +248,7 @@ def lowered_response_headers(items: list[tuple[bytes, bytes]]) -> Headers:
     """:func:`response_headers` for a client that lower-cased the names as it parsed them."""
     drop = _NOT_COPIED_DOWN
     for name, value in items:
-        if name == b"connection":  # names are lower-case already: no need for _connection_tokens' own lower()
+        if name == b"connection":  # names are lower-case already
             drop = drop | _tokens(value)
     return [(name, value) for name, value in items if name not in drop]
 

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .ring import HashRing, MaglevRing, Node, Ring, hash_key
+from .ring import HashRing, MaglevRing, Node, Ring
 
 __all__ = [
     "KeyRanges",
@@ -45,7 +45,6 @@ __all__ = [
 
 logger = logging.getLogger("affinity_mw")
 
-_KEYSPACE = 1 << 64
 _MINT_MARGIN = 60
 """Attempts per expected attempt: a node owning the share its weight gives it fails to mint with probability
 about ``e**-60``; the bound only stops a node that owns (almost) nothing from looping."""
@@ -55,16 +54,17 @@ class MintError(RuntimeError):
     """No identifier owned by this node could be made: it is not a member of its ring, or owns too little."""
 
 
-def _owner_id(ring: Ring | None, key_hash: int) -> str | None:
+def _owner_id(ring: Ring | None, key: str) -> str | None:
+    """The id of ``key``'s owner on ``ring``, hashing the key the ring's way (``nginx`` rings use CRC32)."""
     if ring is None:
         return None
-    owner = ring.owner(key_hash)
+    owner = ring.owner_of(key)
     return owner.id if owner is not None else None
 
 
 def owns(ring: Ring, self_id: str | None, key: str) -> bool:
     """Whether ``self_id`` owns ``key`` on ``ring`` (a node that is not a member owns nothing)."""
-    return self_id is not None and _owner_id(ring, hash_key(key)) == self_id
+    return self_id is not None and _owner_id(ring, key) == self_id
 
 
 def mint_key(
@@ -96,17 +96,16 @@ def mint_key(
         max_attempts = math.ceil(_MINT_MARGIN * total / member.weight)
     for _ in range(max_attempts):
         key = prefix + secrets.token_urlsafe(nbytes)
-        owner = ring.owner(hash_key(key))
-        if owner is not None and owner.id == self_id:
+        if _owner_id(ring, key) == self_id:
             return key
     raise MintError(f"No identifier owned by {self_id} was found in {max_attempts} attempts.")
 
 
 @dataclass(frozen=True)
 class KeyRanges:
-    """A set of key hashes: ``hash_key(key) % modulus`` falls in one of the half-open ``spans`` ``[start,
-    end)``, sorted and disjoint. ``modulus`` is ``2**64`` for the ``ring`` algorithm (spans of the hash
-    space itself) and the table size for ``maglev`` (runs of table slots)."""
+    """A set of key hashes: ``ring.key_hash(key) % modulus`` falls in one of the half-open ``spans`` ``[start,
+    end)``, sorted and disjoint. ``modulus`` is the ring's hash space for the ``ring`` and ``nginx`` algorithms
+    (spans of the hash space itself: ``2**64``, ``2**32``) and the table size for ``maglev`` (runs of slots)."""
 
     modulus: int
     spans: tuple[tuple[int, int], ...]
@@ -115,11 +114,8 @@ class KeyRanges:
         if not isinstance(key_hash, int):
             return False
         point = key_hash % self.modulus
-        i = bisect_right(self.spans, (point, _KEYSPACE)) - 1
+        i = bisect_right(self.spans, (point, self.modulus)) - 1
         return i >= 0 and self.spans[i][0] <= point < self.spans[i][1]
-
-    def contains_key(self, key: str) -> bool:
-        return hash_key(key) in self
 
     @property
     def fraction(self) -> float:
@@ -134,9 +130,9 @@ class KeyRanges:
 class OwnershipChange:
     """What one membership change meant for one node.
 
-    ``gained`` and ``lost`` are the exact :class:`KeyRanges` where the algorithm has ranges (two ``ring`` rings;
-    two ``maglev`` tables of one size), else ``None``; :meth:`gained_key`, :meth:`lost_key` and the filters
-    :meth:`gained_keys` and :meth:`lost_keys` work for every algorithm, on the keys the app holds.
+    ``gained`` and ``lost`` are the exact :class:`KeyRanges` where the algorithm has ranges (two ``ring`` rings,
+    two ``nginx`` rings, two ``maglev`` tables of one size), else ``None``; :meth:`gained_key`, :meth:`lost_key`
+    and the filters :meth:`gained_keys` and :meth:`lost_keys` work for every algorithm, on the keys the app holds.
     """
 
     node: str | None
@@ -148,12 +144,10 @@ class OwnershipChange:
     old_node: str | None = None
 
     def gained_key(self, key: str) -> bool:
-        key_hash = hash_key(key)
-        return self._has(key_hash) and not self._had(key_hash)
+        return self._has(key) and not self._had(key)
 
     def lost_key(self, key: str) -> bool:
-        key_hash = hash_key(key)
-        return self._had(key_hash) and not self._has(key_hash)
+        return self._had(key) and not self._has(key)
 
     def gained_keys(self, keys: Iterable[str]) -> list[str]:
         """The keys among ``keys`` that this node owns now and did not own before."""
@@ -164,11 +158,11 @@ class OwnershipChange:
         drop) for them."""
         return [key for key in keys if self.lost_key(key)]
 
-    def _had(self, key_hash: int) -> bool:
-        return self.old_node is not None and _owner_id(self.old, key_hash) == self.old_node
+    def _had(self, key: str) -> bool:
+        return self.old_node is not None and _owner_id(self.old, key) == self.old_node
 
-    def _has(self, key_hash: int) -> bool:
-        return self.node is not None and _owner_id(self.new, key_hash) == self.node
+    def _has(self, key: str) -> bool:
+        return self.node is not None and _owner_id(self.new, key) == self.node
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -207,19 +201,23 @@ def _changed_ranges(
     old: Ring | None, new: Ring, before: str | None, after: str | None
 ) -> tuple[KeyRanges, KeyRanges] | None:
     """Exact gained and lost ranges by walking both rings' segments (or tables) side by side."""
-    if isinstance(new, HashRing) and (old is None or isinstance(old, HashRing)):
-        # _segments() is the ring's own description of its keyspace: (end, owner) with each range ending where
-        # the next begins; no ring before is one segment that nobody owns.
-        mine: list[tuple[int, Node | None]] = old._segments() if old is not None else [(_KEYSPACE, None)]
-        theirs = new._segments()
-        return _walk(mine, theirs, _KEYSPACE, before, after)
+    if isinstance(new, HashRing) and (old is None or type(old) is type(new)):
+        # _segments() is the ring's own description of its hash space: (end, owner) with each range ending where
+        # the next begins; no ring before is one segment that nobody owns. Same type: same hashing, same space.
+        space = new._space
+        mine: list[tuple[int, Node | None]] = old._segments() if old is not None else [(space, None)]
+        return _walk(mine, new._segments(), space, before, after)
     if isinstance(new, MaglevRing) and (old is None or (isinstance(old, MaglevRing) and old.size == new.size)):
-        size = new.size
-        new_slots = [(slot + 1, new.owner(slot)) for slot in range(size)]
-        old_slots: list[tuple[int, Node | None]] = (
-            [(slot + 1, old.owner(slot)) for slot in range(size)] if old is not None else [(size, None)]
-        )
-        return _walk(old_slots, new_slots, size, before, after)
+        # Slot by slot over the tables themselves (a key's slot is its hash modulo the size).
+        gained: list[tuple[int, int]] = []
+        lost: list[tuple[int, int]] = []
+        old_table = old._table if old is not None else [None] * new.size
+        for slot, (a, b) in enumerate(zip(old_table, new._table, strict=True)):
+            had = a is not None and a.id == before
+            has = b is not None and b.id == after
+            if has != had:
+                _extend(gained if has else lost, slot, slot + 1)
+        return KeyRanges(new.size, tuple(gained)), KeyRanges(new.size, tuple(lost))
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -17,10 +18,10 @@ from affinity_mw.ownership import (
     ownership_change,
     owns,
 )
-from affinity_mw.ring import RING_ALGORITHMS, Node, build_ring, hash_key
+from affinity_mw.ring import RING_ALGORITHMS, NginxRing, Node, build_ring
 
 IDS = [f"http://10.0.0.{i}:8000" for i in range(1, 6)]
-KEYS = [f"key-{i}" for i in range(20000)]
+KEYS = [f"key-{i}" for i in range(4000)]
 
 
 def ring(algorithm: str, n: int, weights: dict[int, int] | None = None):  # type: ignore[no-untyped-def]
@@ -69,9 +70,9 @@ def test_minting_refuses_clearly_when_it_cannot_succeed() -> None:
 def check_change(old, new, node_id: str, change: OwnershipChange) -> None:  # type: ignore[no-untyped-def]
     """Every key's verdict from the ranges equals the one from comparing owners key by key."""
     for key in KEYS:
-        h = hash_key(key)
-        had = old is not None and old.owner(h) is not None and old.owner(h).id == node_id
-        has = new.owner(h) is not None and new.owner(h).id == node_id
+        h = new.key_hash(key)
+        had = old is not None and old.owner_of(key) is not None and old.owner_of(key).id == node_id
+        has = new.owner_of(key) is not None and new.owner_of(key).id == node_id
         assert change.gained_key(key) == (has and not had)
         assert change.lost_key(key) == (had and not has)
         if change.gained is not None and change.lost is not None:
@@ -116,6 +117,17 @@ def test_first_ring_and_a_node_that_finds_itself(algorithm: str) -> None:
     assert left.lost_keys(KEYS) == [k for k in KEYS if r.owner_of(k).id == IDS[1]]  # type: ignore[union-attr]
 
 
+def test_nginx_rings_hash_keys_their_own_way() -> None:
+    three = NginxRing([Node(IDS[i], IDS[i]) for i in range(3)])
+    four = NginxRing([Node(IDS[i], IDS[i]) for i in range(4)])
+    for node_id in IDS[:4]:
+        change = ownership_change(three, four, node_id)
+        assert change.gained is not None and change.gained.modulus == 1 << 32
+        check_change(three, four, node_id, change)
+    for _ in range(50):
+        assert four.owner_of(mint_key(four, IDS[3])).id == IDS[3]  # type: ignore[union-attr]
+
+
 def test_rendezvous_and_mixed_algorithms_have_no_ranges_but_exact_key_tests() -> None:
     old, new = ring("rendezvous", 3), ring("ring", 4)
     change = ownership_change(old, new, IDS[0])
@@ -128,7 +140,7 @@ def test_key_ranges_are_half_open() -> None:
     assert [h in ranges for h in (4, 5, 9, 10, 19, 20, 21, 105, 120)] == [
         False, True, True, False, False, True, False, True, True,
     ]  # fmt: skip
-    assert "5" not in ranges
+    assert "5" not in ranges  # a key must be hashed the ring's way first (ring.key_hash)
     assert ranges.fraction == pytest.approx(0.06)
 
 
@@ -175,3 +187,36 @@ def test_hooks_deliver_sync_and_async_callbacks_and_keep_recent_changes(caplog: 
     assert [entry["new_ring"] for entry in hooks.as_list()] == [four.checksum, three.checksum]
     with pytest.raises(TypeError):
         hooks.add("not callable")  # type: ignore[arg-type]
+
+
+def test_dns_membership_reports_each_swap_to_its_subscribers(tmp_path: Path) -> None:
+    """A real DNS server on loopback: a member leaving swaps the ring, and the hooks hear what this node gained."""
+    from affinity_mw.devdns import DnsServer
+    from affinity_mw.dns import DnsMembership
+
+    def a_zone(*ips: str) -> dict[str, object]:
+        return {"ttl": 30, "records": {"app.test": {"A": list(ips)}}}
+
+    with DnsServer(tmp_path) as server:
+        server.write(a_zone("127.0.0.1", "127.0.0.2", "127.0.0.3"))
+        membership = DnsMembership(
+            "app.test", port=8000, nameservers=[server.nameserver], self_url="http://127.0.0.1:8000",
+            timeout=0.3, lifetime=0.6,
+        )  # fmt: skip
+        try:
+            assert membership.refresh()
+            hooks = OwnershipHooks()
+            changes: list[OwnershipChange] = []
+            hooks.add(changes.append)
+            membership.subscribe(lambda old, old_self, new, new_self: hooks.ring_swapped(old, new, new_self, old_self))
+            old = membership.ring
+            assert membership.refresh() and changes == []  # nothing changed: nothing reported
+            server.write(a_zone("127.0.0.1", "127.0.0.2"))
+            assert membership.refresh()
+            [change] = changes
+            assert change.old is old and change.new is membership.ring
+            assert change.gained is not None and change.gained.fraction > 0
+            assert change.lost is not None and change.lost.spans == ()
+            assert hooks.as_list()[0]["new_ring"] == membership.ring.checksum
+        finally:
+            membership.close()
