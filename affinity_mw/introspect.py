@@ -22,8 +22,6 @@ from urllib.parse import parse_qs
 
 from itsdangerous import BadData, TimestampSigner
 
-from .ring import hash_key
-
 __all__ = ["AUTH_HEADER", "Introspection", "sign_request"]
 
 AUTH_HEADER = "x-affinity-auth"
@@ -106,7 +104,7 @@ class Introspection:
     def owner_of(self, key: str) -> dict[str, Any]:
         core = self.core
         ring = core.membership.ring
-        key_hash = hash_key(key)
+        key_hash = ring.key_hash(key)
         order = ring.successors(key_hash)
         usable = [n.id for n in order if n.id == core.self_id or core.health.usable(n.id)]
         return {

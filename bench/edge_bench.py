@@ -40,6 +40,7 @@ HOSTS = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
 PROXY_HOST = "127.0.0.4"
 TENANTS = 600
 SCENARIOS = ("edge-bare", "edge-agree", "edge-rr")
+RING = os.environ.get("EDGE_BENCH_RING", "nginx")  # for debugging the harness only
 
 WRK_LUA = """
 local requests = {}
@@ -54,7 +55,8 @@ request = function()
   n = n %% %(tenants)d + 1
   return requests[n]
 end
-""" + (Path(__file__).resolve().parent / "wrk_report.lua").read_text()
+"""
+REPORT_LUA = Path(__file__).resolve().parent / "wrk_report.lua"
 
 NGINX_HEAD = """
 worker_processes 1;
@@ -115,7 +117,7 @@ class Setup:
             env: dict[str, str] = {"BENCH_NODE": f"{name}-{i + 1}"}
             if wrapped:
                 env |= {"AFFINITY_PEERS": ",".join(self.members), "AFFINITY_SELF": self.members[i]}
-                env |= {"AFFINITY_SECRET": SECRET, "AFFINITY_KEY": "header:X-Tenant", "AFFINITY_RING": "nginx"}
+                env |= {"AFFINITY_SECRET": SECRET, "AFFINITY_KEY": "header:X-Tenant", "AFFINITY_RING": RING}
             app = "bench.app:wrapped" if wrapped else "bench.app:bare"
             self.nodes.append(Server(f"{name}-{i + 1}", app, host, port, env, args))
         self.proxy = Nginx(f"{name}-nginx", port, self.members, args, hashed=name != "edge-rr")
@@ -176,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="seconds of unmeasured load per scenario first")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--write", type=Path, help="rewrite the edge block of this file (docs/benchmarks.md)")
     parser.add_argument("--log-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     if nginx_binary() is None:
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         args.log_dir = args.log_dir or Path(tmp)
         args.loop, args.http = "asyncio", "h11"
         lua = args.log_dir / "edge.lua"
-        lua.write_text(WRK_LUA % {"tenants": TENANTS})
+        lua.write_text(WRK_LUA % {"tenants": TENANTS} + REPORT_LUA.read_text())
         setups = [Setup(name, args) for name in SCENARIOS]
         servers = [s for setup in setups for s in setup.servers]
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in SCENARIOS}
@@ -232,7 +235,49 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "runs": runs, "rounds": args.rounds}, indent=2))
+    if args.write:
+        write_block(args.write, render(summary, args))
     return 0
+
+
+START, END = "<!-- edge-results:start -->", "<!-- edge-results:end -->"
+LABELS = {
+    "edge-bare": "nginx `hash ... consistent` -> 3 bare apps",
+    "edge-agree": "nginx `hash ... consistent` -> 3 nodes, `AFFINITY_RING=nginx`",
+    "edge-rr": "nginx round robin -> 3 nodes",
+}
+
+
+def render(summary: dict[str, Any], args: Any) -> str:
+    from http_bench import code_version, machine
+
+    commit, dirty = code_version()
+    info = machine()
+    lines = [
+        f"Measured at `{commit or 'unknown'}`{' (uncommitted changes)' if dirty else ''} on {info.get('nproc')} "
+        f"cores ({info.get('cpu_model', 'unknown CPU')}), {args.rounds} interleaved rounds of {args.duration} s, "
+        f"wrk -t2 -c{args.connections}, {TENANTS} tenants in turn, load average {' '.join(info['loadavg_at_start'])} "
+        "at the start; medians:",
+        "",
+        "| scenario | req/s | x bare | CPU us/req | p50 ms | p99 ms | forwarded | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in SCENARIOS:
+        s = summary[name]
+        lines.append(
+            f"| {LABELS[name]} | {s['rps']:.0f} | {s['ratio_to_bare']:.3f} | {s['cpu_us_per_req']:.0f} | "
+            f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {100 * s['forwarded_share']:.1f}% | {s['errors']} |"
+        )
+    return "\n".join(lines)
+
+
+def write_block(path: Path, block: str) -> None:
+    text = path.read_text()
+    head, start, rest = text.partition(START)
+    _, end, tail = rest.partition(END)
+    if not start or not end:
+        raise SystemExit(f"{path} has no {START} ... {END} block")
+    path.write_text(f"{head}{START}\n{block}\n{END}{tail}")
 
 
 if __name__ == "__main__":
