@@ -29,7 +29,7 @@ def through(front: int, tenants: list[str]) -> list[dict[bytes, bytes]]:
 
 def test_no_hop_behind_nginx_and_every_key_on_its_owner_when_nginx_is_stale(tmp_path: Path) -> None:
     env = {"AFFINITY_KEY": "header:X-Tenant", "AFFINITY_RING": "nginx"}
-    with Cluster(tmp_path / "nodes", env=env) as c:
+    with Cluster(tmp_path, env=env) as c:
         ring = NginxRing([Node(u, u) for u in c.urls])
         stale = NginxRing([Node(u, u) for u in c.urls[:2]])
         fresh_port, stale_port = free_port(["127.0.0.1"]), free_port(["127.0.0.1"])
