@@ -293,9 +293,10 @@ OPTIONS: tuple[Option, ...] = (
         "ring",
         "AFFINITY_RING",
         "ring",
-        _choice("ring", "maglev", "rendezvous"),
-        "Who owns a key: `ring` (consistent hashing, vnodes), `maglev` (lookup table) or `rendezvous` (HRW); "
-        "every node must use the same (docs/benchmarks.md compares them).",
+        _choice("ring", "maglev", "rendezvous", "nginx"),
+        "Who owns a key: `ring` (consistent hashing, vnodes), `maglev` (lookup table), `rendezvous` (HRW) or "
+        "`nginx` (nginx's `hash $key consistent`, so an nginx in front agrees: docs/membership.md); every node "
+        "must use the same (docs/benchmarks.md compares the first three).",
     ),
     Option(
         "workers",

@@ -185,7 +185,10 @@ def nginx_config(
     # Servers in ring order: nginx breaks a tie between equal points in favour of the server written first.
     for node in ring.nodes:
         weight = f" weight={node.weight}" if node.weight != 1 else ""
-        lines.append(f"    server {nginx_server(node)}{weight};")
+        # nginx resolves a name once, at load: the address in a comment changes the file (and so triggers a
+        # reload in a regenerate-and-compare loop) when a member's address does.
+        now = f"  # now {nginx_server(Node(node.address, node.address))}" if node.address != node.id else ""
+        lines.append(f"    server {nginx_server(node)}{weight};{now}")
     lines += [f"    keepalive {keepalive};", "}", ""]
     location = _location(upstream, ring.nodes)
     if listen is not None:

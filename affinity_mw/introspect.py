@@ -22,8 +22,6 @@ from urllib.parse import parse_qs
 
 from itsdangerous import BadData, TimestampSigner
 
-from .ring import hash_key
-
 __all__ = ["AUTH_HEADER", "Introspection", "sign_request"]
 
 AUTH_HEADER = "x-affinity-auth"
@@ -123,7 +121,7 @@ class Introspection:
     def owner_of(self, key: str) -> dict[str, Any]:
         self_id = self.membership.self_id
         ring = self.membership.ring
-        key_hash = hash_key(key)
+        key_hash = ring.key_hash(key)
         order = ring.successors(key_hash)
         usable = [n.id for n in order if n.id == self_id or self.health.usable(n.id)]
         return {
@@ -163,6 +161,7 @@ class Introspection:
             "ring": {"checksum": ring.checksum, "vnodes": ring.vnodes, "members": members},
             "counters": metrics["counters"],
             "locality_ratio": metrics["locality_ratio"],
+            "edge_agreement": metrics["edge_agreement"],
             "peer_ejections": metrics["peer_ejections"],
             "membership": getattr(self.membership, "stats", None),
             "websockets_open": self.websockets(),
@@ -206,7 +205,8 @@ _PAGE = """<!doctype html>
 </style></head><body>
 <h1>affinity-mw</h1>
 <div class="sub">node <code id="node"></code> &middot; status <b id="status"></b> &middot; ring checksum
- <code id="checksum"></code> &middot; locality <b id="locality"></b></div>
+ <code id="checksum"></code> &middot; locality <b id="locality"></b> &middot; edge agreement
+ <b id="edge"></b></div>
 <div class="grid">
  <svg id="ring" viewBox="-110 -110 220 220" width="240" height="240" role="img" aria-label="ring shares"></svg>
  <table><thead><tr><th>member</th><th>health</th><th>weight</th><th>share of keys</th><th></th></tr></thead>
@@ -234,6 +234,8 @@ function render(s){
  document.getElementById("checksum").textContent = s.ring.checksum;
  document.getElementById("locality").textContent =
    s.locality_ratio === null ? "n/a" : (100 * s.locality_ratio).toFixed(1) + "%";
+ document.getElementById("edge").textContent =
+   s.edge_agreement === null ? "n/a" : (100 * s.edge_agreement).toFixed(1) + "%";
  const body = document.getElementById("members"); body.replaceChildren();
  const svg = document.getElementById("ring"); svg.replaceChildren();
  let angle = -Math.PI / 2;
