@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/ring_bench.py --json bench/results/ring.json
 	$(BIN)/python bench/http_bench.py --no-ring --uvloop $(BENCH_RUN) --json bench/results/http.json
 	$(BIN)/python bench/http_bench.py --wsgi $(BENCH_RUN) --json bench/results/http-wsgi.json
+	$(BIN)/python bench/edge_bench.py --json bench/results/edge.json --write docs/benchmarks.md
 	$(BIN)/python bench/report.py --write docs/benchmarks.md
 	$(BIN)/python bench/ws_bench.py --json bench/results/ws.json --write docs/benchmarks.md
 	$(MAKE) bench-hot

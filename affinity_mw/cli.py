@@ -279,6 +279,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
             upstream=args.upstream,
             trusted_proxies=settings.trusted_proxies,
             listen=args.listen,
+            keepalive_timeout=settings.keepalive,
             source=source,
             notes=notes,
         ),

@@ -259,13 +259,15 @@ def render(summary: dict[str, Any], args: Any) -> str:
         f"wrk -t2 -c{args.connections}, {TENANTS} tenants in turn, load average {' '.join(info['loadavg_at_start'])} "
         "at the start; medians:",
         "",
-        "| scenario | req/s | x bare | CPU us/req | p50 ms | p99 ms | forwarded | errors |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | req/s | x bare | CPU us/req | bare CPU / CPU | p50 ms | p99 ms | forwarded | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    bare_cpu = summary["edge-bare"]["cpu_us_per_req"]
     for name in SCENARIOS:
         s = summary[name]
         lines.append(
             f"| {LABELS[name]} | {s['rps']:.0f} | {s['ratio_to_bare']:.3f} | {s['cpu_us_per_req']:.0f} | "
+            f"{bare_cpu / s['cpu_us_per_req']:.3f} | "
             f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {100 * s['forwarded_share']:.1f}% | {s['errors']} |"
         )
     return "\n".join(lines)
