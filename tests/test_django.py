@@ -373,7 +373,14 @@ def test_forged_hop_marker_does_not_stop_forwarding(cluster: Cluster, client: ht
 def test_valid_marker_is_served_where_it_lands(cluster: Cluster, client: httpx.Client) -> None:
     entry = django_urls(cluster)[0]
     tenant = tenant_not_owned_by(cluster, entry, "valid")
-    marker = HopSigner(SECRET).sign(sender=cluster.urls[1], key_hash=hash_key(tenant), ring_checksum="x")
+    marker = HopSigner(SECRET).sign(
+        sender=cluster.urls[1],
+        receiver=entry,
+        method="GET",
+        target=f"/probe/{tenant}/echo",
+        key_hash=hash_key(tenant),
+        ring_checksum="x",
+    )
     r = client.get(f"{entry}/probe/{tenant}/echo", headers={"X-Tenant": tenant, "X-Affinity-Hop": marker.decode()})
     assert r.json()["node"] == entry
     assert r.json()["decision"]["reason"] == "hop"

@@ -48,7 +48,15 @@ def handshake(mw: AffinityMiddleware, key: str, marker: bytes | None) -> list[di
 
 
 def marker(key: str, checksum: str) -> bytes:
-    return HopSigner(SECRET).sign(sender=URLS[1], key_hash=RING.key_hash(key), ring_checksum=checksum)
+    # Signed for the handshake it comes with (GET /ws, to this node), as a peer's forward signs it.
+    return HopSigner(SECRET).sign(
+        sender=URLS[1],
+        receiver=URLS[0],
+        method="GET",
+        target="/ws",
+        key_hash=RING.key_hash(key),
+        ring_checksum=checksum,
+    )
 
 
 def middleware(**options: Any) -> AffinityMiddleware:
