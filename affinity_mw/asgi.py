@@ -75,6 +75,7 @@ class AffinityMiddleware:
         self.router = core.router
         self.transport = self._make_transport(transport)
         self.slots = _PeerSlots(core.settings.pool_size, core.settings.pool_timeout)
+        self.loads = core.router.balancer.loads if core.router.balancer is not None else None
 
     def _make_transport(self, transport: Any) -> AsyncTransport:
         options = self.core.transport_options()
@@ -94,6 +95,18 @@ class AffinityMiddleware:
         prefixes = core.internal_prefixes
         if prefixes and scope["path"].startswith(prefixes) and await self._internal(scope, send):
             return
+        loads = self.loads
+        if loads is None:
+            await self._http(scope, receive, send)
+            return
+        loads.inflight += 1
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            loads.inflight -= 1
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        core = self.core
 
         hop_token: bytes | None = None
         internal = False

@@ -40,6 +40,7 @@ __all__ = ["DEFAULT_FLOOR", "Balancer", "BoundedLoads", "Loads"]
 
 DEFAULT_FLOOR = 1
 WINDOW_PER_MEMBER = 32  # decisions per member between two halvings of the recent counts
+_SPILLED_KEYS = 1024
 
 
 class Loads:
@@ -52,7 +53,7 @@ class Loads:
     request in hundreds).
     """
 
-    __slots__ = ("home", "inflight", "recent", "seen", "total", "window")
+    __slots__ = ("home", "inflight", "recent", "seen", "total", "warm", "window")
 
     def __init__(self, window: int = 4 * WINDOW_PER_MEMBER) -> None:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
@@ -63,6 +64,7 @@ class Loads:
         self.total = 0.0
         self.seen = 0
         self.inflight = 0
+        self.warm = False  # a first window seen: before it, shares of a few requests would mean nothing
 
     def record(self, node_id: str, home: bool) -> None:
         """One request sent to ``node_id`` (this node's own id for a request served here); ``home`` when that
@@ -79,6 +81,7 @@ class Loads:
 
     def _decay(self) -> None:
         self.seen = 0
+        self.warm = True
         self.total /= 2
         for counts in (self.recent, self.home):
             for node_id, value in list(counts.items()):
@@ -120,12 +123,13 @@ class BoundedLoads:
         """The index in ``candidates`` (a key's failover order, owner first, node ids) of the node to send one
         request to, given each candidate's part of the ring's weight in ``shares``.
 
-        The owner keeps the key while this node is under the floor, or while the requests for keys it owns stay
+        The owner keeps the key while this node is under the floor or has not yet seen a window of requests
+        (:attr:`Loads.window`), or while the requests for keys it owns stay
         within its bound. A successor takes it while all its recent requests stay within its bound. When none
         does (only possible when ``candidates`` leaves out members that have room), the least loaded relative
         to its bound, the earliest on a tie.
         """
-        if loads.inflight <= self.floor:
+        if loads.inflight <= self.floor or not loads.warm:
             return 0
         total = loads.total + 1.0
         factor = self.factor
@@ -147,32 +151,49 @@ class BoundedLoads:
 
 class Balancer:
     """One node's bounded-load routing: the rule, what this node sees (:class:`Loads`) and its hot keys
-    (:class:`~affinity_mw.hotkeys.HotKeys`), for a ring of ``members`` nodes.
+    (:class:`~affinity_mw.hotkeys.HotKeys`), for a ring of ``members`` nodes; and the spills it made, per peer
+    and per key.
 
-    :meth:`place` is the per-request step for a keyed request that no peer has routed yet. The hot-key summary
-    doubles as the status page's "top keys": both want the recent request rate per key.
+    Per keyed request that no peer has routed yet: :meth:`heavy` (counts the key; may it leave its owner?), then
+    either :meth:`place` (which candidate) or :meth:`record` (it went to its owner). The hot-key summary doubles
+    as the status page's "top keys": both want the recent request rate per key.
     """
 
-    __slots__ = ("bounded", "hot", "loads", "members")
+    __slots__ = ("bounded", "hot", "loads", "members", "spilled_keys", "spilled_to")
 
     def __init__(self, bounded: BoundedLoads, members: int, hot: HotKeys | None = None) -> None:
         self.bounded = bounded
         self.members = max(1, members)
         self.loads = Loads(WINDOW_PER_MEMBER * self.members)
         self.hot = hot if hot is not None else HotKeys()
+        self.spilled_to: dict[str, int] = {}
+        self.spilled_keys: dict[str, int] = {}
 
     def resize(self, members: int) -> None:
         """The ring changed size: the fair share and the window change with it; the counts carry on."""
         self.members = max(1, members)
         self.loads.window = WINDOW_PER_MEMBER * self.members
 
-    def place(self, key: str, candidates: Sequence[str], shares: Sequence[float]) -> int:
-        """Count a request for ``key`` and return the index in ``candidates`` (owner first) that serves it."""
+    def heavy(self, key: str) -> bool:
+        """Count a request for ``key``; whether the key is heavy enough to leave its owner."""
         hot = self.hot
         hot.add(key)
-        bounded = self.bounded
-        index = 0
-        if bounded.spills(hot.share(key), self.members):
-            index = bounded.choose(candidates, shares, self.loads)
-        self.loads.record(candidates[index], index == 0)
+        return self.bounded.spills(hot.share(key), self.members)
+
+    def record(self, node_id: str) -> None:
+        """A request went to ``node_id``, its key's owner."""
+        self.loads.record(node_id, True)
+
+    def place(self, key: str, candidates: Sequence[str], shares: Sequence[float]) -> int:
+        """The index in ``candidates`` (owner first, node ids, with their ``shares`` of the ring's weight) that
+        serves a request for a heavy ``key``, counted as sent there."""
+        index = self.bounded.choose(candidates, shares, self.loads)
+        node_id = candidates[index]
+        self.loads.record(node_id, index == 0)
+        if index:
+            self.spilled_to[node_id] = self.spilled_to.get(node_id, 0) + 1
+            keys = self.spilled_keys
+            if len(keys) >= _SPILLED_KEYS and key not in keys:
+                keys.clear()  # bounded: spilled keys are a handful of heavy ones; a flood of others starts over
+            keys[key] = keys.get(key, 0) + 1
         return index

@@ -19,14 +19,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from .balance import Balancer, BoundedLoads
 from .config import Settings
 from .forward import BODY_TOO_LARGE, DRAINING_HEADER, HEADERS_TOO_LARGE, BodyLimit, ForwardPlan, Headers
 from .health import PeerHealth
 from .hop import HopSigner
+from .hotkeys import HotKeys
 from .introspect import AUTH_HEADER, Introspection
 from .membership import membership_from_settings
 from .metrics import Metrics
 from .router import Decision, Router
+from .routes import RoutePolicy
 
 __all__ = ["DRAINING", "NO_KEY_REJECTED", "OWNER_HEADER", "SERVED_BY_HEADER", "AffinityCore"]
 
@@ -58,6 +61,7 @@ class AffinityCore:
             max_ejection=settings.eject_time * 10,
             hold_draining=settings.health_interval > 0,
         )
+        hot = HotKeys(settings.hot_keys) if settings.hot_keys else None
         self.router = Router(
             membership=membership,
             extractor=settings.extractor,
@@ -66,6 +70,14 @@ class AffinityCore:
             max_attempts=settings.max_attempts,
             max_key_length=settings.max_key_length,
             health=self.health,
+            hot=hot,
+            balancer=(
+                Balancer(BoundedLoads(settings.balance_factor, settings.balance_floor), len(membership.ring), hot)
+                if settings.balance_factor is not None and hot is not None
+                else None
+            ),
+            routes=RoutePolicy.parse(settings.routes) if settings.routes else None,
+            shadow=settings.mode == "shadow",
         )
         self.counters = self.router.counters
         self.metrics = Metrics(self)

@@ -80,15 +80,23 @@ class _Client:
     """A minimal HTTP/1.1 keep-alive client per node: enough for GETs with a Content-Length answer, cheap enough
     that the generator does not compete with the nodes for the two cores."""
 
+    IDLE = 1.0  # seconds an idle connection is reused: well below the servers' keep-alive (uvicorn: 5 s)
+
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self.open: set[asyncio.StreamWriter] = set()
 
     async def get(self, path: str, tenant: str) -> tuple[int, dict[bytes, bytes]]:
-        if self.idle:
-            reader, writer = self.idle.pop()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if now - since < self.IDLE and not reader.at_eof():
+                break
+            writer.close()
+            self.open.discard(writer)
         else:
             reader, writer = await asyncio.open_connection(self.host, self.port)
             self.open.add(writer)
@@ -106,7 +114,7 @@ class _Client:
             writer.close()
             self.open.discard(writer)
             raise
-        self.idle.append((reader, writer))
+        self.idle.append((reader, writer, loop.time()))
         return status, headers
 
     def close(self) -> None:
