@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from types import SimpleNamespace
+from typing import Any
 
-__all__ = ["RoutePolicy"]
+__all__ = ["RoutePolicy", "flask_exclusions", "starlette_exclusions", "unrouted", "with_exclusions"]
 
 _METHOD = re.compile(r"[A-Z]+")
 
@@ -90,3 +92,72 @@ def _pattern(pattern: str) -> str:
             out.append(".*")
         out.append("[^/]*".join(re.escape(piece) for piece in part.split("*")))
     return "".join(out)
+
+
+_MARK = "__affinity_unrouted__"
+_STARLETTE_PARAM = re.compile(r"\{[^}:]+(:[^}]+)?\}")
+_WERKZEUG_PARAM = re.compile(r"<(?:([^>:]+):)?[^>]+>")
+
+
+def unrouted(view: Any = None) -> Any:
+    """Serve a view wherever its request lands: no key is extracted and nothing is forwarded.
+
+    A decorator for a Starlette or FastAPI endpoint or a Flask view (``@unrouted`` under the route decorator),
+    or a FastAPI dependency (``dependencies=[Depends(unrouted)]`` on a route or a router). The middleware reads
+    the marks once, when it starts (ASGI: at lifespan startup or when it wraps the app; Flask: on the first
+    request), and adds an exclusion for each marked route before the ``AFFINITY_ROUTES`` rules, so a marked
+    route costs what any excluded route costs. Called with no view (as a dependency), it does nothing.
+    """
+    if view is not None:
+        setattr(view, _MARK, True)
+    return view
+
+
+def _marked(function: Any) -> bool:
+    return bool(getattr(function, _MARK, False)) or bool(getattr(getattr(function, "__func__", None), _MARK, False))
+
+
+def starlette_exclusions(app: Any, prefix: str = "") -> list[str]:
+    """Exclusion rules for the routes of a Starlette or FastAPI app (or router) marked with :func:`unrouted`."""
+    rules: list[str] = []
+    routes = getattr(app, "routes", None)
+    if routes is None:
+        routes = getattr(getattr(app, "router", None), "routes", None) or ()
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if callable(contexts):  # FastAPI's included routers resolve their routes' full paths themselves
+            rules += starlette_exclusions(SimpleNamespace(routes=list(contexts())), prefix)
+            continue
+        path = getattr(route, "path", None)
+        if not isinstance(path, str):
+            continue
+        if getattr(route, "endpoint", None) is None and hasattr(route, "routes"):  # a Mount
+            rules += starlette_exclusions(route, prefix + path)
+            continue
+        dependant = getattr(route, "dependant", None)
+        calls = [d.call for d in getattr(dependant, "dependencies", ())]
+        if _marked(getattr(route, "endpoint", None)) or any(call is unrouted for call in calls):
+            pattern = _STARLETTE_PARAM.sub(lambda m: "**" if m.group(1) == ":path" else "*", prefix + path)
+            rules.append(_rule(getattr(route, "methods", None), pattern))
+    return rules
+
+
+def flask_exclusions(app: Any) -> list[str]:
+    """Exclusion rules for the views of a Flask app marked with :func:`unrouted`."""
+    rules = []
+    for rule in app.url_map.iter_rules():
+        if _marked(app.view_functions.get(rule.endpoint)):
+            pattern = _WERKZEUG_PARAM.sub(lambda m: "**" if m.group(1) == "path" else "*", rule.rule)
+            rules.append(_rule(rule.methods, pattern))
+    return rules
+
+
+def _rule(methods: Iterable[str] | None, pattern: str) -> str:
+    return f"!{'|'.join(sorted(methods))} {pattern}" if methods else f"!{pattern}"
+
+
+def with_exclusions(policy: RoutePolicy | None, rules: list[str]) -> RoutePolicy | None:
+    """``policy`` with ``rules`` tried first (or a policy of those rules alone); ``policy`` when there are none."""
+    if not rules:
+        return policy
+    return policy.excluding(rules) if policy is not None else RoutePolicy(rules)
