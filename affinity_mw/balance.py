@@ -33,10 +33,12 @@ This module does no I/O, keeps no clock and knows no framework.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from .hotkeys import HotKeys
+from .ring import hash_key
 
-__all__ = ["DEFAULT_FLOOR", "Balancer", "BoundedLoads", "Loads"]
+__all__ = ["DEFAULT_FLOOR", "Balancer", "BoundedLoads", "Loads", "hot_status"]
 
 DEFAULT_FLOOR = 1
 WINDOW_PER_MEMBER = 32  # decisions per member between two halvings of the recent counts
@@ -197,3 +199,48 @@ class Balancer:
                 keys.clear()  # bounded: spilled keys are a handful of heavy ones; a flood of others starts over
             keys[key] = keys.get(key, 0) + 1
         return index
+
+
+def hot_status(router: Any, show_keys: bool = False, top: int = 10) -> dict[str, Any]:
+    """What the status page, ``status.json`` and the metrics show of hot keys, bounded loads and shadow mode,
+    from a :class:`~affinity_mw.router.Router`. Keys are shown as the first 16 hex digits of their ring hash
+    unless ``show_keys`` (keys can be personal data; ``affinity-mw owner KEY`` prints a key's hash)."""
+    hot: HotKeys | None = router.hot
+    balancer: Balancer | None = router.balancer
+    spilled_keys = balancer.spilled_keys if balancer is not None else {}
+
+    def name(key: str) -> str:
+        return key if show_keys else f"{hash_key(key):016x}"
+
+    status: dict[str, Any] = {
+        "hot_keys": [
+            {"key": name(key), "share": round(share, 4), "spilled": spilled_keys.get(key, 0)}
+            for key, share in (hot.top(top) if hot is not None else [])
+        ],
+        "balance": None,
+        "shadow": None,
+    }
+    if balancer is not None:
+        status["balance"] = {
+            "factor": balancer.bounded.factor,
+            "floor": balancer.bounded.floor,
+            "in_flight": balancer.loads.inflight,
+            "recent_shares": {node: round(share, 4) for node, share in balancer.loads.shares().items()},
+            "spilled_to": dict(sorted(balancer.spilled_to.items())),
+        }
+    if router.shadow:
+        targets: dict[str, int] = router.shadow_targets
+        keyed = sum(targets.values())
+        members = [node.id for node in router.membership.ring.nodes]
+        counts = [targets.get(node, 0) for node in members]
+        mean = keyed / len(members) if members else 0
+        status["shadow"] = {
+            "keyed_requests": keyed,
+            "locality_today": round(router.counters["local_owner"] / keyed, 4) if keyed else None,
+            "locality_routed": round(1 - router.counters["spilled"] / keyed, 4) if keyed else None,
+            "load": {node: round(count / keyed, 4) for node, count in zip(members, counts, strict=True)}
+            if keyed
+            else {},
+            "busiest_over_mean": round(max(counts) / mean, 3) if mean else None,
+        }
+    return status

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from .balance import hot_status
+
 __all__ = ["BUCKETS", "COUNTERS", "LatencyHistogram", "Metrics"]
 
 # Upper bounds in seconds: loopback forwards take ~0.3-1 ms, cross-zone ones 1-10 ms; timeouts land in +Inf.
@@ -46,6 +48,14 @@ COUNTERS: dict[str, tuple[str, str]] = {
     ),
     "forward_errors": ("affinity_forward_errors_total", "Forward attempts that failed (refused, reset, timed out)."),
     "retries": ("affinity_forward_retries_total", "Idempotent requests retried on another peer after a failure."),
+    "excluded": (
+        "affinity_excluded_requests_total",
+        "Requests on routes AFFINITY_ROUTES leaves unrouted (served here).",
+    ),
+    "shadow_forward": (
+        "affinity_shadow_forwards_total",
+        "Requests routing would have forwarded, served here (AFFINITY_MODE=shadow).",
+    ),
 }
 
 
@@ -89,7 +99,7 @@ class Metrics:
         """Share of keyed requests served here that were served by their key's owner (None before any)."""
         c = self.core.counters
         on_owner = c["local_owner"] + c["hop"] - c["misroute"]
-        served = c["local_owner"] + c["hop"] + c["failover"] + c["fallback"]
+        served = c["local_owner"] + c["hop"] + c["failover"] + c["fallback"] + c["local_spill"]
         return on_owner / served if served else None
 
     def snapshot(self) -> dict[str, Any]:
@@ -103,6 +113,7 @@ class Metrics:
             "peer_ejections": core.health.ejections_total,
             "set_aside": core.health.ejected(),
             "draining": core.draining,
+            **hot_status(core.router, core.settings.show_keys),
             "forward_latency_seconds": {
                 peer: {
                     "count": sum(h.counts),
@@ -139,6 +150,21 @@ class Metrics:
             "Share of keyed requests served here that were served by their key's owner.",
             value=1.0 if ratio is None else ratio,
         )
+        hot = hot_status(core.router, core.settings.show_keys)
+        shares = GaugeMetricFamily(
+            "affinity_hot_key_share", "Share of this node's recent keyed requests, for its top keys.", labels=["key"]
+        )
+        for row in hot["hot_keys"]:
+            shares.add_metric([row["key"]], row["share"])
+        yield shares
+        spilled = CounterMetricFamily(
+            "affinity_spilled_requests",
+            "Requests bounded loads sent to a successor of their key's owner.",
+            labels=["peer"],
+        )
+        for peer, count in (hot["balance"] or {}).get("spilled_to", {}).items():
+            spilled.add_metric([peer], count)
+        yield spilled
         histogram = HistogramMetricFamily(
             "affinity_forward_duration_seconds",
             "Time from sending a forward to the peer's response headers.",
