@@ -36,6 +36,7 @@ from .forward import (
 from .hop import HOP_HEADER, INTERNAL_SPELLINGS
 from .request import RequestView
 from .router import FORWARD, LOCAL, Decision
+from .routes import starlette_exclusions
 from .transports import HttpxTransport, async_transport
 
 __all__ = ["AffinityMiddleware"]
@@ -76,6 +77,7 @@ class AffinityMiddleware:
         self.transport = self._make_transport(transport)
         self.slots = _PeerSlots(core.settings.pool_size, core.settings.pool_timeout)
         self.loads = core.router.balancer.loads if core.router.balancer is not None else None
+        core.mark_unrouted(starlette_exclusions(app))
 
     def _make_transport(self, transport: Any) -> AsyncTransport:
         options = self.core.transport_options()
@@ -88,7 +90,7 @@ class AffinityMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                receive = self._watch_lifespan(receive)
+                receive = self._watch_lifespan(receive, scope.get("app"))
             await self.app(scope, receive, send)
             return
         core = self.core
@@ -325,10 +327,13 @@ class AffinityMiddleware:
                 watcher.cancel()
             await response.aclose(reusable=reusable)
 
-    def _watch_lifespan(self, receive: Receive) -> Receive:
+    def _watch_lifespan(self, receive: Receive, app: Any = None) -> Receive:
         async def wrapped() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.shutdown":
+            if message["type"] == "lifespan.startup" and app is not None:
+                # FastAPI's add_middleware: the app whose routes may be marked unrouted is the scope's, not ours.
+                self.core.mark_unrouted(starlette_exclusions(app))
+            elif message["type"] == "lifespan.shutdown":
                 self.core.start_draining()
                 await self.transport.aclose()
             return message

@@ -29,7 +29,7 @@ from .introspect import AUTH_HEADER, Introspection
 from .membership import membership_from_settings
 from .metrics import Metrics
 from .router import Decision, Router
-from .routes import RoutePolicy
+from .routes import RoutePolicy, with_exclusions
 
 __all__ = ["DRAINING", "NO_KEY_REJECTED", "OWNER_HEADER", "SERVED_BY_HEADER", "AffinityCore"]
 
@@ -79,6 +79,7 @@ class AffinityCore:
             routes=RoutePolicy.parse(settings.routes) if settings.routes else None,
             shadow=settings.mode == "shadow",
         )
+        self._configured_routes = self.router.routes
         self.counters = self.router.counters
         self.metrics = Metrics(self)
         self.debug_headers = settings.debug_headers
@@ -98,6 +99,12 @@ class AffinityCore:
             self._start_checker()
             # gunicorn --preload forks workers after this ran: threads do not survive a fork, so start another.
             os.register_at_fork(after_in_child=functools.partial(_restart_checker, weakref.ref(self)))
+
+    def mark_unrouted(self, rules: list[str]) -> None:
+        """Exclusions for the app's routes marked with :func:`~affinity_mw.routes.unrouted`, tried before the
+        ``AFFINITY_ROUTES`` rules (found again from scratch each time the app is read, never stacked)."""
+        if rules:
+            self.router.routes = with_exclusions(self._configured_routes, rules)
 
     @property
     def self_id(self) -> str | None:

@@ -113,3 +113,26 @@ def test_shadow_mode_serves_everything_here_and_reports_what_routing_would_do(tm
             assert shadow["locality_routed"] == 1.0  # no key is heavy enough to spill
             assert sum(shadow["load"].values()) == pytest.approx(1.0, abs=1e-3)
             assert node_metrics(url)["counters"]["forwarded"] == 0
+
+
+@pytest.mark.parametrize(
+    ("server", "app"),
+    [("uvicorn", "tests.apps.unrouted_apps:fastapi_app"), ("gunicorn-gthread", "tests.apps.unrouted_apps:flask_app")],
+)
+def test_views_marked_unrouted_are_served_where_they_land(tmp_path: Path, server: str, app: str) -> None:
+    with Cluster(tmp_path, app=app, server=server) as cluster:
+        ring = StaticMembership(cluster.urls).ring
+        a = cluster.urls[0]
+        remote = next(t for t in (f"u{i}" for i in range(500)) if ring.owner_of(t).id != a)  # type: ignore[union-attr]
+        owner = ring.owner_of(remote).id  # type: ignore[union-attr]
+        with httpx.Client(trust_env=False, timeout=10) as client:
+            served = {
+                path: client.get(f"{a}{path}", headers={"X-Tenant": remote}).headers["x-affinity-served-by"]
+                for path in (f"/reports/{remote}", f"/orders/{remote}")
+            }
+            if "fastapi" in app:  # a router-wide FastAPI dependency
+                r = client.get(f"{a}/exports/{remote}/2024/q1.csv", headers={"X-Tenant": remote})
+                served["/exports"] = r.headers["x-affinity-served-by"]
+        assert served[f"/reports/{remote}"] == a
+        assert served[f"/orders/{remote}"] == owner
+        assert served.get("/exports", a) == a
