@@ -124,3 +124,43 @@ def test_shadow_mode_serves_here_and_counts_where_routing_would_go() -> None:
     assert r.decide(view(mine)).reason == "owner"
     assert r.counters["shadow_forward"] == 2 and r.counters["forwarded"] == 0
     assert r.shadow_targets == {URLS[1]: 2, URLS[0]: 1}
+
+
+def test_status_shows_hot_keys_as_hashes_unless_asked_and_the_balance_and_shadow_figures() -> None:
+    from affinity_mw.balance import hot_status
+
+    r = router(factor=1.25, shadow=True)
+    assert r.balancer is not None
+    r.balancer.loads.inflight = 5
+    hot = owned_by(URLS[1], 1)[0]
+    for i in range(400):
+        r.decide(view(hot if i % 2 else f"c{i % 30}"))
+    hidden, shown = hot_status(r), hot_status(r, show_keys=True)
+    assert hidden["hot_keys"][0]["key"] == f"{hash_key(hot):016x}" and hot not in str(hidden)
+    assert shown["hot_keys"][0]["key"] == hot
+    assert shown["hot_keys"][0]["spilled"] == r.balancer.spilled_keys.get(hot, 0) > 0
+    balance = hidden["balance"]
+    assert balance["factor"] == 1.25 and balance["in_flight"] == 5 and sum(balance["spilled_to"].values()) > 0
+    shadow = hidden["shadow"]
+    assert shadow["keyed_requests"] == 400
+    assert shadow["locality_routed"] == round(1 - r.counters["spilled"] / 400, 4)
+    assert sum(shadow["load"].values()) == 1.0 and shadow["busiest_over_mean"] >= 1.0
+    assert hot_status(router())["balance"] is None and hot_status(router())["shadow"] is None
+
+
+def test_settings_refuse_bad_hot_tenant_options() -> None:
+    import pytest
+
+    from affinity_mw.config import ConfigurationError, Settings
+
+    base = {"AFFINITY_PEERS": ",".join(URLS), "AFFINITY_SELF": URLS[0], "AFFINITY_SECRET": "s" * 20,
+            "AFFINITY_KEY": "header:X-Tenant"}  # fmt: skip
+    assert Settings.load(environ={**base, "AFFINITY_BALANCE_FACTOR": "1.25"}).balance_factor == 1.25
+    assert Settings.load(environ={**base, "AFFINITY_BALANCE_FACTOR": "off"}).balance_factor is None
+    for name, value in [("AFFINITY_BALANCE_FACTOR", "1"), ("AFFINITY_BALANCE_FACTOR", "x"),
+                        ("AFFINITY_BALANCE_FLOOR", "-1"), ("AFFINITY_ROUTES", "GET reports"),
+                        ("AFFINITY_MODE", "mirror")]:  # fmt: skip
+        with pytest.raises(ConfigurationError, match=name):
+            Settings.load(environ={**base, name: value})
+    with pytest.raises(ConfigurationError, match="AFFINITY_HOT_KEYS"):
+        Settings.load(environ={**base, "AFFINITY_BALANCE_FACTOR": "1.25", "AFFINITY_HOT_KEYS": "0"})
