@@ -256,11 +256,13 @@ class Router:
             except TypeError:  # not bytes: an ASGI server off the spec; the general path below copes
                 decision = None
             if decision is not None and self.hot is not None:
-                # The key is counted (and may be spread, or shadowed) by route(), whose cache answers the rest.
-                decision = self.route(decision.key)
-                if logger.isEnabledFor(logging.DEBUG):
-                    self._log(method, path, decision)
-                return decision
+                if self.balancer is not None or self.shadow:
+                    # The key may be spread or shadowed: route() decides, its cache answers the rest.
+                    decision = self.route(decision.key)
+                    if logger.isEnabledFor(logging.DEBUG):
+                        self._log(method, path, decision)
+                    return decision
+                self.hot.add(decision.key)  # type: ignore[arg-type]
             if decision is not None:
                 self.counters["local_owner"] += 1
                 if logger.isEnabledFor(logging.DEBUG):
