@@ -7,6 +7,8 @@
     affinity-mw check URL...            do all nodes agree on the ring? (asks each node's introspection path)
     affinity-mw drain [URL] [--undo]    make a node drain before it stops (a Kubernetes preStop hook)
     affinity-mw demo                    a real local cluster: traffic, a node killed, a node added
+    affinity-mw edge nginx              an nginx upstream and location that send each request to its owner
+    affinity-mw serve --workers 4 APP   N server processes on consecutive ports, each its own ring member
 
 Membership comes from ``--peers`` or ``AFFINITY_PEERS`` (and ``--vnodes``/``AFFINITY_VNODES``), exactly as the
 middleware reads it, so the answers are the ones the cluster computes. Tables by default, ``--json`` for scripts;
@@ -229,9 +231,81 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import importlib
+
+    missing = []
+    for module, package in (("dns", "dnspython"), ("uvicorn", "uvicorn")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise SystemExit(
+            "affinity-mw demo runs a real local cluster: uvicorn nodes whose members come from a local DNS server. "
+            f"It needs {' and '.join(missing)}, which the core package does not install: "
+            "pip install 'affinity-mw[demo]' (in a clone: pip install '.[demo]')"
+        )
     from .demo import run_demo
 
     return run_demo(short=args.short, app=args.app, app_dir=args.app_dir)
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    """Print the front proxy's configuration for the members and key source the nodes are configured with."""
+    from .edge import nginx_config, routing_settings
+    from .membership import membership_from_settings
+
+    settings = routing_settings({"peers": args.peers} if args.peers is not None else {})
+    membership = membership_from_settings(settings)
+    try:
+        ring = membership.ring
+    finally:
+        close = getattr(membership, "close", None)
+        if close is not None:
+            close()
+    notes: list[str] = []
+    if settings.dns:
+        source = f"DNS {settings.dns}, as resolved when this was generated"
+        notes.append(
+            "nginx resolves server names only when it loads its configuration: regenerate this file and run "
+            "`nginx -s reload` when the members change (docs/deploy.md shows a loop that does it)"
+        )
+    else:
+        source = "AFFINITY_PEERS"
+    print(
+        nginx_config(
+            ring,
+            settings.key,
+            upstream=args.upstream,
+            trusted_proxies=settings.trusted_proxies,
+            listen=args.listen,
+            source=source,
+            notes=notes,
+        ),
+        end="",
+    )
+    if not ring.nodes:
+        print("affinity-mw: no members (an empty DNS answer or a failed lookup)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    extra = list(args.server_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    return serve(
+        args.app,
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        advertise=args.advertise,
+        server=args.server,
+        grace=args.grace,
+        extra=extra,
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -290,6 +364,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app", default=None, help="ASGI app to run (default: a built-in tenant counter)")
     p.add_argument("--app-dir", default=None, help="directory to import --app from")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("edge", help="front-proxy configuration that sends each request to its owner (no hop)")
+    p.add_argument("proxy", choices=["nginx"], help="the proxy to configure")
+    p.add_argument("--peers", help="comma-separated member URLs (default: AFFINITY_PEERS, or AFFINITY_DNS)")
+    p.add_argument("--listen", help="also write a whole server block listening here (e.g. 80, or 0.0.0.0:8080)")
+    p.add_argument("--upstream", default="affinity_mw", help="the upstream block's name (default: %(default)s)")
+    p.set_defaults(func=cmd_edge)
+    p = sub.add_parser("serve", help="run N worker processes, each a ring member on its own port")
+    p.add_argument("app", help="the application, module:attribute (ASGI for uvicorn, WSGI for gunicorn)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="the first worker's port; the others follow (%(default)s)")
+    p.add_argument("--advertise", help="the host peers reach the workers at (default: POD_IP, else --host)")
+    p.add_argument("--server", choices=["uvicorn", "gunicorn"], default="uvicorn", help="(default: %(default)s)")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds for workers to stop (default: %(default)s)")
+    p.add_argument("server_args", nargs=argparse.REMAINDER, help="after --: more arguments for each server")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

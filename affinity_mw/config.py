@@ -74,6 +74,11 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected one of 1/0, true/false, yes/no, on/off, got {value!r}")
 
 
+def _auto_bool(value: str) -> bool | None:
+    """``auto`` (``None``: decided per request), or a boolean."""
+    return None if value.strip().lower() == "auto" else _bool(value)
+
+
 def _float(value: str) -> float:
     return float(value)
 
@@ -284,9 +289,10 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "health_interval",
         "AFFINITY_HEALTH_INTERVAL",
-        0.0,
+        1.0,
         _float,
-        "Seconds between active checks of set-aside peers' health path, re-admitting them early; 0 disables.",
+        "Seconds between active checks of set-aside peers' health path; one answering 200 is taken back at once "
+        "(a restarted or drain-undone node). 0 disables: set-aside peers then wait out their time.",
     ),
     Option("vnodes", "AFFINITY_VNODES", 160, _int, "Virtual nodes per unit of weight on the ring."),
     Option(
@@ -342,6 +348,14 @@ OPTIONS: tuple[Option, ...] = (
         _choice("route", "shadow"),
         "`shadow` decides and counts as if routing were on, serves everything here, and reports the locality "
         "and load spread routing would give.",
+    ),
+    Option(
+        "workers",
+        "AFFINITY_WORKERS",
+        1,
+        _int,
+        "Ring members per peer address: each `AFFINITY_PEERS` URL or `AFFINITY_DNS` address stands for this many "
+        "worker processes on consecutive ports from its port, each a member (`affinity-mw serve --workers N`).",
     ),
     Option(
         "max_key_length",
@@ -402,6 +416,42 @@ OPTIONS: tuple[Option, ...] = (
         _int,
         "Oldest signed cookie accepted, in seconds (Flask's default session lifetime).",
     ),
+    Option(
+        "generated_cookie_max_age",
+        "AFFINITY_GENERATED_COOKIE_MAX_AGE",
+        24 * 3600,
+        _int,
+        "Seconds a `generated-cookie:` cookie lives (its `Max-Age`, and the oldest signature accepted).",
+    ),
+    Option(
+        "generated_cookie_secure",
+        "AFFINITY_GENERATED_COOKIE_SECURE",
+        None,
+        _auto_bool,
+        "`Secure` on the generated cookie: `auto` (unset: when the client's request was HTTPS), `1` or `0`.",
+    ),
+    Option(
+        "generated_cookie_http_only",
+        "AFFINITY_GENERATED_COOKIE_HTTPONLY",
+        True,
+        _bool,
+        "`HttpOnly` on the generated cookie.",
+    ),
+    Option(
+        "generated_cookie_same_site",
+        "AFFINITY_GENERATED_COOKIE_SAMESITE",
+        "Lax",
+        _choice("lax", "strict", "none"),
+        "`SameSite` of the generated cookie: `lax`, `strict` or `none` (which adds `Secure`).",
+    ),
+    Option("generated_cookie_path", "AFFINITY_GENERATED_COOKIE_PATH", "/", _str, "`Path` of the generated cookie."),
+    Option(
+        "generated_cookie_domain",
+        "AFFINITY_GENERATED_COOKIE_DOMAIN",
+        None,
+        _opt_str,
+        "`Domain` of the generated cookie; unset, it goes back to the issuing host only.",
+    ),
 )
 
 _BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -438,11 +488,12 @@ class Settings:
     eject_after: int = 5
     eject_time: float = 30.0
     health_path: str = "/_affinity/health"
-    health_interval: float = 0.0
+    health_interval: float = 1.0
     introspection: str = "signed"
     introspection_path: str = "/_affinity"
     vnodes: int = 160
     ring: str = "ring"
+    workers: int = 1
     balance_factor: float | None = None
     balance_floor: int = 1
     hot_keys: int = 32
@@ -460,6 +511,12 @@ class Settings:
     cookie_secret: tuple[str | bytes, ...] = ()
     cookie_salt: str = "cookie-session"
     cookie_max_age: int = 31 * 24 * 3600
+    generated_cookie_max_age: int = 24 * 3600
+    generated_cookie_secure: bool | None = None
+    generated_cookie_http_only: bool = True
+    generated_cookie_same_site: str = "Lax"
+    generated_cookie_path: str = "/"
+    generated_cookie_domain: str | None = None
     extractor: Extractor | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -505,8 +562,10 @@ class Settings:
             "pool_size",
             "hop_max_age",
             "vnodes",
+            "workers",
             "max_key_length",
             "cookie_max_age",
+            "generated_cookie_max_age",
             "eject_after",
             "max_header_bytes",
         )
@@ -568,7 +627,7 @@ class Settings:
             errors.append("dns_refresh (AFFINITY_DNS_REFRESH) must be at least 1 second")
         if not self.dns:
             try:
-                member_ids(self.peers, self.self_url)
+                member_ids(self.peer_urls(), self.self_url)
             except ValueError as exc:
                 errors.append(str(exc))
         if any(len(s) < 16 for s in self.secret):
@@ -588,6 +647,15 @@ class Settings:
             raise _report(errors)
         object.__setattr__(self, "extractor", extractor)
         return self
+
+    def peer_urls(self) -> tuple[str, ...]:
+        """The static members: ``AFFINITY_PEERS``, each URL standing for ``AFFINITY_WORKERS`` members on
+        consecutive ports (``affinity_mw/serve.py``)."""
+        if self.workers <= 1:
+            return self.peers
+        from .serve import worker_urls
+
+        return tuple(url for peer in self.peers for url in worker_urls(peer, self.workers))
 
     def key_options(self) -> KeyOptions:
         """The key-source settings: every KeyOptions field has a Settings field of the same name."""

@@ -32,7 +32,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import reduce
 from math import gcd
 from typing import TYPE_CHECKING, Any
@@ -111,9 +111,10 @@ class DnsMembership:
     """Cluster membership read from DNS and kept fresh by a daemon thread.
 
     ``name`` is a host name whose A and AAAA records list the members (each becomes
-    ``{scheme}://{ip}:{port}``), or ``srv:_http._tcp.NAME`` for SRV records (the id of a member is
-    ``{scheme}://{target}:{srv port}``, its address the target's current A, else AAAA, record, and its ring
-    weight comes from the SRV weight: see :func:`ring_weights`).
+    ``{scheme}://{ip}:{port}``, or ``workers`` members on consecutive ports from ``port``), or
+    ``srv:_http._tcp.NAME`` for SRV records (the id of a member is ``{scheme}://{target}:{srv port}``, its
+    address the target's current A, else AAAA, record, and its ring weight comes from the SRV weight: see
+    :func:`ring_weights`).
 
     ``nameservers`` (``host[:port]`` strings) replace the system resolver. ``refresh`` is the seconds between
     lookups; a shorter record TTL shortens it, never below one second, and each delay is jittered by 10% so the
@@ -141,6 +142,7 @@ class DnsMembership:
         self_url: str | None = None,
         timeout: float = 1.0,
         lifetime: float = 2.0,
+        workers: int = 1,
     ) -> None:
         text = name.strip()
         self.srv = text.lower().startswith("srv:")
@@ -156,12 +158,15 @@ class DnsMembership:
             raise ValueError(f"The peer scheme must be http or https, got {scheme!r}.")
         if not 0 < port < 65536:
             raise ValueError(f"The DNS member port must be a TCP port, got {port!r}.")
+        if not (workers >= 1 and port + workers - 1 < 65536):
+            raise ValueError(f"{workers!r} workers from port {port} do not fit in TCP ports.")
         if not refresh >= MIN_INTERVAL:
             raise ValueError(f"The DNS refresh interval must be at least {MIN_INTERVAL} s, got {refresh!r}.")
         if not (timeout > 0 and lifetime > 0):
             raise ValueError("The DNS timeout and lifetime must be positive numbers of seconds.")
         self.name = name.strip()
         self.port = port
+        self.workers = workers
         self.scheme = scheme
         self.refresh_interval = float(refresh)
         self.vnodes = vnodes
@@ -174,6 +179,7 @@ class DnsMembership:
         # Empty until the first good answer: the router serves locally.
         self.ring = build_ring((), algorithm, vnodes=vnodes)
         self.self_id = self._self_url
+        self._subscribers: list[Callable[[Ring, str | None, Ring, str | None], None]] = []
         self._good = False
         self._ttl: float | None = None
         self._failures_in_row = 0
@@ -222,6 +228,7 @@ class DnsMembership:
             vnodes=settings.vnodes,
             algorithm=settings.ring,
             self_url=settings.self_url,
+            workers=settings.workers,
         )
         membership.refresh()
         membership.start()
@@ -337,7 +344,8 @@ class DnsMembership:
             ips.extend(ipaddress.ip_address(r.address) for r in records)
             if ttl is not None:
                 ttls.append(ttl)
-        urls = dict.fromkeys(normalize_url(f"{self.scheme}://{url_host(str(ip))}:{self.port}") for ip in ips)
+        ports = range(self.port, self.port + self.workers)  # AFFINITY_WORKERS: one member per worker port
+        urls = dict.fromkeys(normalize_url(f"{self.scheme}://{url_host(str(ip))}:{p}") for ip in ips for p in ports)
         return [Node(id=url, address=url) for url in urls], min(ttls, default=None)
 
     def _lookup_srv(self, stop: threading.Event | None) -> tuple[list[Node], float | None]:
@@ -436,8 +444,11 @@ class DnsMembership:
                 logger.info("affinity-mw: this node is not (or no longer) a member of %s", self.name)
             else:
                 logger.info("affinity-mw: this node is member %s of %s", new_self, self.name)
+        old_self = self.self_id
         if set(nodes) == set(old.nodes):
             self.self_id = new_self
+            if new_self != old_self:
+                self._notify(old, old_self, old, new_self)
             return
         # Raises ValueError for an oversized ring (or Maglev table): counted as a failure.
         new = build_ring(nodes, self.algorithm, vnodes=self.vnodes)
@@ -446,6 +457,7 @@ class DnsMembership:
         self.self_id = new_self
         self.ring = new
         self._stats["changes"] += 1
+        self._notify(old, old_self, new, new_self)
         if new.checksum == old.checksum:
             logger.info("affinity-mw: DNS membership of %s: member addresses changed, ring unchanged", self.name)
         else:
@@ -457,6 +469,18 @@ class DnsMembership:
                 new.checksum,
                 100.0 * old.moved_fraction(new),
             )
+
+    def subscribe(self, callback: Callable[[Ring, str | None, Ring, str | None], None]) -> None:
+        """Call ``callback(old_ring, old_self_id, new_ring, new_self_id)`` after each swap of the ring or of this
+        node's id, in the refresh thread (ownership-change hooks use it)."""
+        self._subscribers.append(callback)
+
+    def _notify(self, old: Ring, old_self: str | None, new: Ring, new_self: str | None) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(old, old_self, new, new_self)
+            except Exception:  # a subscriber's bug must not stop membership updates
+                logger.exception("affinity-mw: a membership subscriber failed")
 
     def _failed(self, reason: str) -> None:
         self._failures_in_row += 1

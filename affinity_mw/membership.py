@@ -50,4 +50,4 @@ def membership_from_settings(settings: Settings) -> Any:
         from .dns import DnsMembership
 
         return DnsMembership.from_settings(settings)
-    return StaticMembership(settings.peers, settings.self_url, vnodes=settings.vnodes, algorithm=settings.ring)
+    return StaticMembership(settings.peer_urls(), settings.self_url, vnodes=settings.vnodes, algorithm=settings.ring)

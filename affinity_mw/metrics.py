@@ -5,18 +5,27 @@ else is computed when scraped. ``snapshot()`` is the JSON form; ``prometheus_tex
 format through ``prometheus_client`` (the ``prometheus`` extra) with conventional names
 (``affinity_forwarded_requests_total``, ``affinity_forward_duration_seconds``, ...). Counters are per worker
 process, like the pools and health state they describe; scrape each worker or run one worker per node.
+
+The locality ratio is a recent figure, the share over about the last ``LOCALITY_WINDOW`` seconds, so it shows
+an outage while it lasts and recovers after it: a ratio since process start hardly moves on a long-running node
+and keeps the mark of an old outage for hours. The window needs no work per request: each read (a scrape, the
+status page) keeps the counters it saw, and the ratio is the change since the oldest reading under the window.
+Alerts are best written on ``rate()`` of the counters themselves, which Prometheus windows exactly.
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .balance import hot_status
+__all__ = ["BUCKETS", "COUNTERS", "LOCALITY_WINDOW", "LatencyHistogram", "Metrics"]
 
-__all__ = ["BUCKETS", "COUNTERS", "LatencyHistogram", "Metrics"]
+# Seconds the locality ratio looks back (at least; readings are kept one per second at most).
+LOCALITY_WINDOW = 300.0
 
 # Upper bounds in seconds: loopback forwards take ~0.3-1 ms, cross-zone ones 1-10 ms; timeouts land in +Inf.
 BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -81,12 +90,28 @@ class LatencyHistogram:
 
 
 class Metrics:
-    """Reads the router's counters, peer health and membership; owns the per-peer latency histograms."""
+    """Reads the router's counters, peer health, membership, whether this node drains and the hot-key figures;
+    owns the per-peer latency histograms."""
 
-    def __init__(self, core: Any) -> None:
-        self.core = core
+    def __init__(
+        self,
+        *,
+        counters: Mapping[str, int],
+        membership: Any,
+        health: Any,
+        draining: Callable[[], bool],
+        hot: Callable[[], dict[str, Any]] = lambda: {"hot_keys": [], "balance": None, "shadow": None},
+    ) -> None:
+        self.counters = counters
+        self.membership = membership
+        self.health = health
+        self.draining = draining
+        self.hot = hot  # hot keys, bounded loads and shadow mode (balance.hot_status)
         self.latency: dict[str, LatencyHistogram] = {}
         self._lock = threading.Lock()
+        self.clock: Callable[[], float] = time.monotonic
+        # (time, on the owner, served) as seen by earlier reads of the locality ratio, oldest first.
+        self._readings: deque[tuple[float, int, int]] = deque([(self.clock(), 0, 0)])
 
     def observe_forward(self, peer: str, seconds: float) -> None:
         histogram = self.latency.get(peer)
@@ -96,24 +121,37 @@ class Metrics:
         histogram.observe(seconds)
 
     def locality_ratio(self) -> float | None:
-        """Share of keyed requests served here that were served by their key's owner (None before any)."""
-        c = self.core.counters
+        """Share of keyed requests served here in about the last ``LOCALITY_WINDOW`` seconds that were served by
+        their key's owner (None when there were none).
+
+        The baseline is the newest earlier reading at least a window old (the figure then covers the window plus
+        at most one scrape interval), else the oldest one kept: process start, for a young process.
+        """
+        c = self.counters
         on_owner = c["local_owner"] + c["hop"] - c["misroute"]
         served = c["local_owner"] + c["hop"] + c["failover"] + c["fallback"] + c["local_spill"]
-        return on_owner / served if served else None
+        now = self.clock()
+        with self._lock:
+            readings = self._readings
+            while len(readings) > 1 and readings[1][0] <= now - LOCALITY_WINDOW:
+                readings.popleft()
+            _, base_on_owner, base_served = readings[0]
+            if now - readings[-1][0] >= 1.0:
+                readings.append((now, on_owner, served))
+        served -= base_served
+        return (on_owner - base_on_owner) / served if served else None
 
     def snapshot(self) -> dict[str, Any]:
-        core = self.core
-        ring = core.membership.ring
+        ring = self.membership.ring
         return {
-            "counters": {key: core.counters[key] for key in COUNTERS},
+            "counters": {key: self.counters[key] for key in COUNTERS},
             "locality_ratio": self.locality_ratio(),
             "ring_checksum": ring.checksum,
             "ring_members": len(ring),
-            "peer_ejections": core.health.ejections_total,
-            "set_aside": core.health.ejected(),
-            "draining": core.draining,
-            **hot_status(core.router, core.settings.show_keys),
+            "peer_ejections": self.health.ejections_total,
+            "set_aside": self.health.ejected(),
+            "draining": self.draining(),
+            **self.hot(),
             "forward_latency_seconds": {
                 peer: {
                     "count": sum(h.counts),
@@ -128,29 +166,29 @@ class Metrics:
         """Yield prometheus_client metric families (a custom collector: nothing global is registered)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-        core = self.core
         for key, (name, doc) in COUNTERS.items():
             family = CounterMetricFamily(name.removesuffix("_total"), doc)
-            family.add_metric([], core.counters[key])
+            family.add_metric([], self.counters[key])
             yield family
         ejections = CounterMetricFamily("affinity_peer_ejections", "Times a peer was set aside (failures or draining).")
-        ejections.add_metric([], core.health.ejections_total)
+        ejections.add_metric([], self.health.ejections_total)
         yield ejections
-        ring = core.membership.ring
+        ring = self.membership.ring
         yield GaugeMetricFamily("affinity_ring_members", "Members on this node's ring.", value=len(ring))
         info = GaugeMetricFamily("affinity_ring_info", "This node's ring checksum (equal on agreeing nodes).",
                                  labels=["checksum", "node"])  # fmt: skip
-        info.add_metric([ring.checksum, core.self_id or ""], 1)
+        info.add_metric([ring.checksum, self.membership.self_id or ""], 1)
         yield info
-        yield GaugeMetricFamily("affinity_peers_set_aside", "Peers set aside now.", value=len(core.health.ejected()))
-        yield GaugeMetricFamily("affinity_draining", "1 while this node drains.", value=int(core.draining))
+        yield GaugeMetricFamily("affinity_peers_set_aside", "Peers set aside now.", value=len(self.health.ejected()))
+        yield GaugeMetricFamily("affinity_draining", "1 while this node drains.", value=int(self.draining()))
         ratio = self.locality_ratio()
         yield GaugeMetricFamily(
             "affinity_locality_ratio",
-            "Share of keyed requests served here that were served by their key's owner.",
+            f"Share of keyed requests served here in about the last {LOCALITY_WINDOW:.0f} s that were served by "
+            "their key's owner (1 without any).",
             value=1.0 if ratio is None else ratio,
         )
-        hot = hot_status(core.router, core.settings.show_keys)
+        hot = self.hot()
         shares = GaugeMetricFamily(
             "affinity_hot_key_share", "Share of this node's recent keyed requests, for its top keys.", labels=["key"]
         )

@@ -130,10 +130,10 @@ def httpx_aiohttp_client(
     The aiohttp session is created on first use, in the running loop (a session belongs to its loop)."""
     import httpx
 
-    from affinity_mw.transports import _httpx_options
+    from affinity_mw.transports import httpx_options
 
     transport = _proxy_safe_aiohttp_transport_class()(client=lambda: _aiohttp_session(pool_size, keepalive))
-    return httpx.AsyncClient(transport=transport, **_httpx_options(pool_size, keepalive, connect_timeout, read_timeout))
+    return httpx.AsyncClient(transport=transport, **httpx_options(pool_size, keepalive, connect_timeout, read_timeout))
 
 
 # --------------------------------------------------------------------------------------------------- pyreqwest

@@ -235,6 +235,20 @@ class Cluster:
         return "\n".join(f"--- {n.url}\n{n.log.read_text() if n.log.exists() else ''}" for n in self.nodes)
 
 
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM a process started with ``start_new_session=True`` and its children, SIGKILL after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
 def kill(node: ServerNode) -> None:
     node.stop(signal.SIGKILL)
 

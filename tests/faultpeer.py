@@ -9,7 +9,7 @@ Modes (``--mode``):
 * ``status``: answer every request with ``--status`` (a 5xx) and a short body, keeping the connection alive.
 * ``stale``: answer the first request on each connection 200 (keep-alive), then close the connection without an
   answer when the next request arrives on it: a pooled connection whose server closed it as it was reused (the
-  keep-alive race of DESIGN.md section 6, rule 5), made deterministic.
+  keep-alive race docs/reliability.md describes), made deterministic.
 
 Every request received in full is counted in ``--counts`` (a JSON file replaced atomically after each request, so
 a reader never sees half of it): ``{"total": n, "by_method": {...}, "requests": [[method, target], ...]}``. The file
@@ -33,6 +33,8 @@ from collections import Counter
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from cluster import stop_group
 
 MODES = ("hang", "reset", "midbody", "midbody-chunked", "status", "stale")
 BODY_BYTE = b"x"
@@ -224,17 +226,8 @@ class FaultPeer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
+        if proc is not None:
+            stop_group(proc)
 
     def __enter__(self) -> FaultPeer:
         return self.start()

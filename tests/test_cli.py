@@ -100,3 +100,11 @@ def test_demo_short_mode_checks_its_own_table() -> None:
     assert "demo checks: passed" in r.stdout
     assert r.stdout.count("errors 0") == 3
     assert "all processes stopped" in r.stdout
+
+
+def test_demo_without_its_dependencies_says_what_to_install() -> None:
+    """The core package does not install dnspython or uvicorn: the demo names them and the extra, no traceback."""
+    code = "import sys; sys.modules['dns'] = None; from affinity_mw.cli import main; sys.exit(main(['demo']))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "needs dnspython" in r.stderr and "pip install 'affinity-mw[demo]'" in r.stderr, r.stderr

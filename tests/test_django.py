@@ -1,21 +1,22 @@
 """Django: real clusters (Django under uvicorn, Django under gunicorn gthread, and a mixed Django + FastAPI + Flask
-cluster), the relayed response's header handling inside Django's own handlers, and the system checks.
+cluster), the decision on the Django request, the settings bridge and the system checks.
 
-The mixed cluster has three Django nodes: one under uvicorn where affinity-mw runs async (as it does under ASGI
-when every middleware is async capable), one under uvicorn where a sync-only middleware below it makes Django
-run it synchronously, and one under gunicorn. All must stream, and every kind of node must forward to every other
-kind. The gunicorn-only cluster uses the reject policy for requests without a key, the others serve them locally.
+Every Django node runs the probe project with its application wrapped (``wrap(get_asgi_application())`` or
+``wrap(get_wsgi_application())``) and affinity-mw's middleware first in MIDDLEWARE. The mixed cluster has three
+Django nodes: one under uvicorn whose middleware chain runs async, one under uvicorn where a sync-only middleware
+makes Django run the chain synchronously, and one under gunicorn. All must stream, and every kind of node must
+forward to every other kind. The gunicorn-only cluster uses the reject policy for requests without a key, the
+others serve them locally.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import gc
 import gzip
 import hashlib
 import io
 import json
+import logging
 import os
 import random
 import socket
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,14 @@ import jwt
 import pytest
 from cluster import ROOT, SECRET, Cluster, kill
 from django.conf import settings
-from django.core.handlers.asgi import ASGIRequest
+from django.core.handlers.wsgi import WSGIHandler
+from django.http import HttpRequest, HttpResponse
 from django.test.utils import override_settings
 from django.urls import path
 
-from affinity_mw import HashRing, HopSigner, StaticMembership, hash_key
-from affinity_mw.contrib.django import MIDDLEWARE_PATH, RelayedResponse, _AsyncRelay, check_affinity, load_core
+import affinity_mw.contrib.django as integration
+from affinity_mw import ConfigurationError, HashRing, HopSigner, StaticMembership, hash_key
+from affinity_mw.contrib.django import MIDDLEWARE_PATH, check_affinity, wrap
 
 if not settings.configured:
     settings.configure(
@@ -128,6 +131,16 @@ def tenant_owned_by(c: Cluster, url: str, prefix: str = "t") -> str:
 
 def tenant_not_owned_by(c: Cluster, url: str, prefix: str = "t") -> str:
     return next(f"{prefix}{i}" for i in range(10_000) if owner(c, f"{prefix}{i}") != url)
+
+
+def kill_last(c: Cluster, prefix: str, count: int) -> tuple[str, list[tuple[str, str]]]:
+    """Kill the last node: its URL, and up to ``count`` keys it owned, each with the node that owns it next."""
+    ring = _ring(tuple(c.urls))
+    dead = c.nodes[-1]
+    kill(dead)
+    tenants = [t for t in (f"{prefix}{i}" for i in range(400)) if owner(c, t) == dead.url][:count]
+    assert tenants
+    return dead.url, [(t, ring.successors(hash_key(t), 2)[1].id) for t in tenants]
 
 
 def policy(c: Cluster) -> str:
@@ -325,7 +338,7 @@ def test_hop_by_hop_headers_dropped_and_marker_kept(cluster: Cluster, client: ht
         headers={
             "X-Tenant": tenant,
             "Connection": "keep-alive, X-Affinity-Hop, X-Secret-Hop",
-            "X-Secret-Hop": "must not pass",
+            "X-Secret-Hop": "seen as it would be locally",
             "Keep-Alive": "timeout=5",
             "X-Forwarded-For": "203.0.113.9",
         },
@@ -334,7 +347,9 @@ def test_hop_by_hop_headers_dropped_and_marker_kept(cluster: Cluster, client: ht
     names = {k for k, _ in echoed["headers"]}
     assert echoed["node"] == owner(cluster, tenant)
     assert echoed["decision"]["hops"] == 1
-    assert "x-secret-hop" not in names and "keep-alive" not in names
+    assert "keep-alive" not in names
+    # A name the client's Connection lists is not removed: the owner's app sees what it would have served locally.
+    assert "x-secret-hop" in names
     assert dict(echoed["headers"])["x-forwarded-for"] == "203.0.113.9"
 
 
@@ -477,17 +492,46 @@ def test_dead_peer_keys_go_to_next_successor(cluster: Cluster, client: httpx.Cli
     that meets one has been sent; an idempotent one is retried on the next node, a POST is answered 502 (never
     sent twice), which is right but not what this test is about.
     """
-    ring = StaticMembership(cluster.urls).ring
-    dead = cluster.nodes[-1]
-    kill(dead)
-    tenants = [t for t in (f"dead-{i}" for i in range(400)) if owner(cluster, t) == dead.url][:8]
-    assert tenants
-    for tenant in tenants:
-        successor = ring.successors(hash_key(tenant), 2)[1].id
+    _, moved = kill_last(cluster, "dead-", 8)
+    for tenant, successor in moved:
         for entry in django_urls(cluster)[:2]:  # live Django nodes
             r = client.get(f"{entry}/tenants/{tenant}/hits", headers={"X-Tenant": tenant})
             assert r.status_code == 200, r.text
             assert r.json()["node"] == successor
+
+
+# ------------------------------------------------------------------------------ WSGI and ASGI, each on its own
+
+
+@pytest.mark.parametrize(("server", "app"), [("gunicorn-gthread", DJANGO_WSGI), ("uvicorn", DJANGO_ASGI)])
+def test_wrapped_django_routes_forwards_fails_over_and_exposes_the_decision(
+    tmp_path: Path, server: str, app: str
+) -> None:
+    """Django under gunicorn (WSGI, sync) and under uvicorn (ASGI, async), wrapped: a node serves the keys it owns,
+    forwards the others to their owner, and when an owner dies its keys go to the next successor; every view sees
+    the decision that brought the request there on ``request.affinity``."""
+    with Cluster(tmp_path, server=server, app=app, env=ENV) as c, httpx.Client(trust_env=False, timeout=30) as client:
+        for entry in c.urls:
+            for target in c.urls:
+                tenant = tenant_owned_by(c, target, f"own-{c.urls.index(entry)}-")
+                r = client.get(f"{entry}/probe/{tenant}/echo", headers={"X-Tenant": tenant})
+                assert r.status_code == 200, r.text
+                decision = r.json()["decision"]
+                assert r.json()["node"] == target
+                assert (decision["key"], decision["owner"], decision["served_by"]) == (tenant, target, target)
+                expected = ("owner", 0, None) if entry == target else ("hop", 1, entry)
+                assert (decision["reason"], decision["hops"], decision["sender"]) == expected
+        dead, moved = kill_last(c, "gone-", 6)
+        for tenant, successor in moved:
+            for entry in c.urls[:-1]:
+                r = client.get(f"{entry}/probe/{tenant}/echo", headers={"X-Tenant": tenant})
+                assert r.status_code == 200, r.text
+                decision = r.json()["decision"]
+                assert r.json()["node"] == successor
+                assert (decision["key"], decision["owner"], decision["served_by"]) == (tenant, dead, successor)
+                expected = ("failover", 0, None) if entry == successor else ("hop", 1, entry)
+                assert (decision["reason"], decision["hops"], decision["sender"]) == expected
+        assert "Traceback" not in c.logs(), c.logs()
 
 
 # ------------------------------------------------------------------------------------------------------ example
@@ -513,182 +557,32 @@ def test_example_region_cache_meets_one_node(tmp_path: Path) -> None:
         assert client.get(f"{c.urls[0]}/prices").status_code == 400
 
 
-# ------------------------------------------------------------------------------- relayed headers inside Django
+# ---------------------------------------------------------------------------------------- in-process requests
 
 
-def _relayed(content: Any = None) -> RelayedResponse:
-    headers = [
-        (b"content-type", b"text/plain"),
-        (b"set-cookie", b"a=1; Path=/; HttpOnly"),
-        (b"link", b"</a>; rel=preload"),
-        (b"set-cookie", b"a=2; Path=/admin; Secure; SameSite=Strict"),
-        (b"link", b"</b>; rel=preload"),
-        (b"set-cookie", b"b=\xe9t\xe9; Expires=Wed, 21 Oct 2035 07:28:00 GMT; Partitioned"),
-        (b"content-encoding", b"gzip"),
-    ]
-    return RelayedResponse(iter([b"body"]) if content is None else content, 201, "", headers)
+def view(request: HttpRequest) -> HttpResponse:
+    """What the in-process tests serve: the decision Django's request carries, and the body it read."""
+    seen.append(request)
+    return HttpResponse(request.body, status=201)
 
 
-def test_relayed_response_items_are_the_peers_lines() -> None:
-    response = _relayed()
-    assert response.items() == [
-        ("content-type", "text/plain"),
-        ("set-cookie", "a=1; Path=/; HttpOnly"),
-        ("link", "</a>; rel=preload"),
-        ("set-cookie", "a=2; Path=/admin; Secure; SameSite=Strict"),
-        ("link", "</b>; rel=preload"),
-        ("set-cookie", "b=\xe9t\xe9; Expires=Wed, 21 Oct 2035 07:28:00 GMT; Partitioned"),
-        ("content-encoding", "gzip"),
-    ]
-    # The mapping is a joined view for middleware; cookies are not parsed into response.cookies.
-    assert response.headers["Link"] == "</a>; rel=preload, </b>; rel=preload"
-    assert "Set-Cookie" not in response.headers
-    assert not response.cookies
-    assert response.status_code == 201
+seen: list[HttpRequest] = []
+urlpatterns = [path("x", view)]  # this module is ROOT_URLCONF of the in-process tests
 
 
-def test_relayed_response_no_content_type_is_invented() -> None:
-    response = RelayedResponse(iter([]), 204, "", [(b"x-a", b"1")])
-    assert response.items() == [("x-a", "1")]
+def wsgi_environ(body: bytes = b"", **extra: str) -> dict[str, Any]:
+    return {"REQUEST_METHOD": "POST", "PATH_INFO": "/x", "SERVER_NAME": "testserver", "SERVER_PORT": "80",
+            "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http", **extra}  # fmt: skip
 
 
-def test_middleware_edits_to_a_relayed_response_still_apply() -> None:
-    response = _relayed()
-    response.headers["Link"] = "</c>; rel=preload"  # replaces both lines
-    del response.headers["Content-Encoding"]
-    response.headers["X-Frame-Options"] = "DENY"
-    response.set_cookie("csrftoken", "abc")
-    items = response.items()
-    assert [v for k, v in items if k.lower() == "link"] == ["</c>; rel=preload"]
-    assert not any(k.lower() == "content-encoding" for k, _ in items)
-    assert ("X-Frame-Options", "DENY") in items
-    assert len([k for k, _ in items if k == "set-cookie"]) == 3
-    assert "csrftoken" in response.cookies  # sent by Django's handler after items()
-
-
-class FakeUpstream:
-    """An upstream response that records how it was closed."""
-
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-        self.closed: list[bool] = []
-
-    async def aiter_raw(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            yield chunk
-
-    async def aclose(self, *, reusable: bool) -> None:
-        self.closed.append(reusable)
-
-
-def test_async_relay_frees_slot_and_connection_once() -> None:
-    async def run() -> None:
-        # Read to the end: the connection may be reused, the slot is free again.
-        slot = asyncio.Semaphore(1)
-        await slot.acquire()
-        upstream = FakeUpstream([b"ab", b"c"])
-        response = RelayedResponse(_AsyncRelay(upstream, 3, slot), 200, "", [(b"content-length", b"3")])  # type: ignore[arg-type]
-        assert b"".join([part async for part in response]) == b"abc"
-        assert upstream.closed == [True] and not slot.locked()
-        # Shorter than its Content-Length: raises, and the connection is discarded.
-        await slot.acquire()
-        upstream = FakeUpstream([b"ab"])
-        response = RelayedResponse(_AsyncRelay(upstream, 3, slot), 200, "", [(b"content-length", b"3")])  # type: ignore[arg-type]
-        with pytest.raises(Exception, match="Content-Length"):
-            _ = [part async for part in response]
-        assert upstream.closed == [False] and not slot.locked()
-        # Never iterated (the client left before the body started): freed when collected.
-        await slot.acquire()
-        upstream = FakeUpstream([b"never read"])
-        response = RelayedResponse(_AsyncRelay(upstream, None, slot), 200, "", [])  # type: ignore[arg-type]
-        del response
-        gc.collect()
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert upstream.closed == [False] and not slot.locked()
-
-    asyncio.run(run())
-
-
-def relayed_view(request: Any) -> RelayedResponse:
-    if isinstance(request, ASGIRequest):
-
-        async def body() -> AsyncIterator[bytes]:
-            yield b"body"
-
-        return _relayed(body())
-    return _relayed()
-
-
-urlpatterns = [path("relayed", relayed_view)]  # this module is ROOT_URLCONF of the in-process tests
-
-
-def test_django_wsgi_handler_sends_relayed_lines_verbatim() -> None:
-    from django.core.handlers.wsgi import WSGIHandler
-
-    with override_settings(MIDDLEWARE=[]):
-        handler = WSGIHandler()
-        sent: list[Any] = []
-        environ = {
-            "REQUEST_METHOD": "GET",
-            "PATH_INFO": "/relayed",
-            "SERVER_NAME": "testserver",
-            "SERVER_PORT": "80",
-            "wsgi.input": io.BytesIO(b""),
-            "wsgi.url_scheme": "http",
-        }
-        body = handler(environ, lambda status, headers: sent.append((status, headers)))
-        assert b"".join(body) == b"body"
-        body.close()
-    status, headers = sent[0]
-    assert status.startswith("201")
-    assert [(k, v) for k, v in headers if k == "set-cookie"] == [
-        ("set-cookie", "a=1; Path=/; HttpOnly"),
-        ("set-cookie", "a=2; Path=/admin; Secure; SameSite=Strict"),
-        ("set-cookie", "b=\xe9t\xe9; Expires=Wed, 21 Oct 2035 07:28:00 GMT; Partitioned"),
-    ]
-    assert [v for k, v in headers if k == "link"] == ["</a>; rel=preload", "</b>; rel=preload"]
-
-
-def test_django_asgi_handler_sends_relayed_lines_verbatim() -> None:
-    from django.core.handlers.asgi import ASGIHandler
-
-    messages: list[dict[str, Any]] = []
-
-    async def run() -> None:
-        handler = ASGIHandler()
-        scope = {
-            "type": "http",
-            "method": "GET",
-            "path": "/relayed",
-            "query_string": b"",
-            "headers": [],
-            "scheme": "http",
-            "server": ("testserver", 80),
-        }
-        inbox = [{"type": "http.request", "body": b"", "more_body": False}]
-
-        async def receive() -> dict[str, Any]:
-            if inbox:
-                return inbox.pop(0)
-            await asyncio.sleep(3600)
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            messages.append(message)
-
-        await handler(scope, receive, send)
-
-    with override_settings(MIDDLEWARE=[]):
-        asyncio.run(run())
-    start = messages[0]
-    assert start["status"] == 201
-    assert [v for k, v in start["headers"] if k.lower() == b"set-cookie"] == [
-        b"a=1; Path=/; HttpOnly",
-        b"a=2; Path=/admin; Secure; SameSite=Strict",
-        b"b=\xe9t\xe9; Expires=Wed, 21 Oct 2035 07:28:00 GMT; Partitioned",
-    ]
-    assert b"".join(m.get("body", b"") for m in messages[1:]) == b"body"
+def call(app: Any, environ: dict[str, Any]) -> tuple[int, bytes]:
+    statuses: list[str] = []
+    body = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    try:
+        data = b"".join(body)
+    finally:
+        getattr(body, "close", lambda: None)()
+    return int(statuses[0].split()[0]), data
 
 
 # ------------------------------------------------------------------------------------------------ system checks
@@ -739,23 +633,55 @@ def test_environment_wins_over_settings(clean_env: pytest.MonkeyPatch) -> None:
     with override_settings(AFFINITY={**GOOD, "no_key": "maybe"}, MIDDLEWARE=[MIDDLEWARE_PATH]):
         clean_env.setenv("AFFINITY_NO_KEY", "reject")
         assert check_affinity() == []
-        core, _ = load_core()
+        core = wrap(wsgi_app).core
         assert core.settings.no_key == "reject"
         assert core.settings.key == "header:X-Region"  # not overridden: from settings.AFFINITY
         clean_env.setenv("AFFINITY_KEY", "cookie:sessionid")
-        assert load_core()[0].settings.key == "cookie:sessionid"
+        assert wrap(wsgi_app).core.settings.key == "cookie:sessionid"
+        assert wrap(wsgi_app, key="query:k").core.settings.key == "query:k"  # wrap()'s arguments win over both
         clean_env.setenv("AFFINITY_NO_KEY", "sometimes")
         assert "AFFINITY_NO_KEY" in check_affinity()[0].msg
+        with pytest.raises(ConfigurationError, match="AFFINITY_NO_KEY"):
+            wrap(wsgi_app)  # the server does not boot
+
+
+def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("204 No Content", [])
+    return []
+
+
+async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    raise AssertionError("not called")
 
 
 def test_callable_key_and_transport_object_are_kept(clean_env: pytest.MonkeyPatch) -> None:
     client = httpx.Client(trust_env=False)
     with override_settings(AFFINITY={**GOOD, "key": lambda view: view.header("x-region"), "transport": client}):
         assert check_affinity() == []
-        core, transport = load_core()
-    assert callable(core.settings.key)
-    assert transport is client
+        assert callable(wrap(wsgi_app).core.settings.key)
+        # A sync client cannot serve an ASGI application: said at start-up, not at the first forward.
+        with pytest.raises(ConfigurationError, match=r"httpx\.AsyncClient or AsyncTransport under ASGI"):
+            wrap(asgi_app)
     client.close()
+
+
+def test_lists_reach_the_settings_as_given(clean_env: pytest.MonkeyPatch) -> None:
+    secrets = ["old,secret-with-a-comma", "new-secret-0123456789abcdef"]  # never joined on commas and split again
+    with override_settings(AFFINITY={**GOOD, "secret": secrets}):
+        assert check_affinity() == []
+        assert wrap(wsgi_app).core.settings.secret == tuple(secrets)
+
+
+def test_wrap_picks_the_adapter_by_the_application_kind(clean_env: pytest.MonkeyPatch) -> None:
+    from django.core.handlers.asgi import ASGIHandler
+
+    from affinity_mw import AffinityMiddleware, AffinityWSGIMiddleware
+
+    with override_settings(AFFINITY=GOOD, MIDDLEWARE=[MIDDLEWARE_PATH]):
+        assert type(wrap(WSGIHandler())) is AffinityWSGIMiddleware
+        assert type(wrap(ASGIHandler())) is AffinityMiddleware
+        assert type(wrap(asgi_app)) is AffinityMiddleware
+        assert type(wrap(wsgi_app)) is AffinityWSGIMiddleware
 
 
 def test_check_warns_when_not_first_or_missing(clean_env: pytest.MonkeyPatch) -> None:
@@ -770,12 +696,14 @@ def test_check_warns_when_not_first_or_missing(clean_env: pytest.MonkeyPatch) ->
         assert ids(check_affinity()) == ["affinity_mw.E002"]
 
 
-def _manage_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _manage_check(
+    env: dict[str, str], settings_module: str = "tests.apps.django_app.settings", path: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
     return subprocess.run(
-        [sys.executable, "-m", "django", "check", "--settings", "tests.apps.django_app.settings"],
-        cwd=ROOT,
-        env={**base, "PYTHONPATH": str(ROOT), **env},
+        [sys.executable, "-m", "django", "check", "--settings", settings_module],
+        cwd=path,
+        env={**base, "PYTHONPATH": os.pathsep.join([str(path), str(ROOT)]), **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -791,7 +719,75 @@ def test_manage_py_check_runs_the_checks() -> None:
     assert "AFFINITY_SECRET" in bad.stderr or "secret" in bad.stderr
 
 
-# ------------------------------------------------------------------------------- limits (DESIGN.md 6.14), in-process
+OLD_STYLE_SETTINGS = f"""
+SECRET_KEY = "old-style-project"
+DATABASES = {{}}
+INSTALLED_APPS = ["affinity_mw.contrib.django.AffinityConfig"]
+MIDDLEWARE = [{MIDDLEWARE_PATH!r}]
+ROOT_URLCONF = "oldproj.urls"
+WSGI_APPLICATION = "oldproj.wsgi.application"
+ASGI_APPLICATION = "oldproj.asgi.application"
+AFFINITY = {{"key": "header:X-Tenant"}}
+"""
+
+
+def test_old_style_configuration_gets_the_line_to_add(tmp_path: Path) -> None:
+    """A project set up for the middleware that routed by itself: MIDDLEWARE and settings.AFFINITY as before, and
+    wsgi.py / asgi.py as startproject wrote them. Nothing would be routed; manage.py check (and so runserver and
+    migrate) fails with the line that wraps each application, and passes once it is there."""
+    project = tmp_path / "oldproj"
+    project.mkdir()
+    (project / "__init__.py").write_text("")
+    (project / "settings.py").write_text(OLD_STYLE_SETTINGS)
+    (project / "urls.py").write_text("urlpatterns: list[object] = []\n")
+    for kind in ("wsgi", "asgi"):
+        (project / f"{kind}.py").write_text(
+            f"from django.core.{kind} import get_{kind}_application\n\napplication = get_{kind}_application()\n"
+        )
+    old = _manage_check({}, "oldproj.settings", tmp_path)
+    assert old.returncode != 0
+    assert old.stderr.count("(affinity_mw.E003)") == 2, old.stderr
+    for kind in ("wsgi", "asgi"):
+        assert f"{project / kind}.py never calls affinity_mw, so nothing is routed" in old.stderr
+        assert f"`application = wrap(get_{kind}_application())`" in old.stderr
+    assert "`from affinity_mw.contrib.django import wrap`" in old.stderr
+    # Importing is not wrapping.
+    for kind in ("wsgi", "asgi"):
+        source = (project / f"{kind}.py").read_text()
+        (project / f"{kind}.py").write_text("from affinity_mw.contrib.django import wrap\n" + source)
+    assert _manage_check({}, "oldproj.settings", tmp_path).stderr.count("(affinity_mw.E003)") == 2
+    for kind in ("wsgi", "asgi"):
+        source = (project / f"{kind}.py").read_text()
+        wrapped = source.replace(f"= get_{kind}_application()", f"= wrap(get_{kind}_application())")
+        (project / f"{kind}.py").write_text(wrapped)
+    fixed = _manage_check({}, "oldproj.settings", tmp_path)
+    assert fixed.returncode == 0, fixed.stderr
+
+
+def test_unwrapped_application_logs_once_and_exposes_no_decision(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clean_env.setattr(integration, "_wrapped", False)  # as in a process whose wsgi.py never called wrap()
+    integration._report_unwrapped.cache_clear()
+    with override_settings(AFFINITY={"key": "header:X-Tenant"}, MIDDLEWARE=[MIDDLEWARE_PATH]):
+        handler = WSGIHandler()
+        with caplog.at_level(logging.ERROR, logger="affinity_mw"):
+            for _ in range(3):
+                assert call(handler, wsgi_environ(b"hi", CONTENT_LENGTH="2", HTTP_X_TENANT="acme")) == (201, b"hi")
+                assert seen[-1].affinity is None  # type: ignore[attr-defined]
+        errors = [r.getMessage() for r in caplog.records if r.name == "affinity_mw"]
+        assert len(errors) == 1, errors
+        assert "affinity_mw.E003" in errors[0] and "`application = wrap(get_wsgi_application())`" in errors[0]
+        caplog.clear()
+        # The same handler, wrapped: the view sees the decision, and nothing more is logged.
+        wrapped = wrap(handler)
+        assert call(wrapped, wsgi_environ(b"hi", CONTENT_LENGTH="2", HTTP_X_TENANT="acme")) == (201, b"hi")
+        assert seen[-1].affinity.key == "acme"  # type: ignore[attr-defined]
+        assert not caplog.records
+    integration._report_unwrapped.cache_clear()
+
+
+# ------------------------------------------------------------------------------- limits, in-process
 
 
 class _BodyReadingTransport:
@@ -809,10 +805,6 @@ class _BodyReadingTransport:
 
 
 def test_django_limits_431_413_before_routing(clean_env: pytest.MonkeyPatch) -> None:
-    from django.core.handlers.wsgi import WSGIRequest
-
-    from affinity_mw.contrib.django import AffinityMiddleware
-
     urls = ["http://127.0.0.1:1", "http://127.0.0.2:1"]
     ring = StaticMembership(urls).ring
     local = next(f"t{i}" for i in range(500) if ring.owner_of(f"t{i}").id == urls[0])  # type: ignore[union-attr]
@@ -820,21 +812,19 @@ def test_django_limits_431_413_before_routing(clean_env: pytest.MonkeyPatch) -> 
     transport = _BodyReadingTransport()
     config = {"peers": urls, "self_url": urls[0], "secret": "s" * 32, "key": "header:X-Tenant",
               "max_header_bytes": 400, "max_body": 10, "transport": transport}  # fmt: skip
-    served: list[Any] = []
-    with override_settings(AFFINITY=config):
-        mw = AffinityMiddleware(lambda request: served.append(request) or _relayed())
+    seen.clear()
+    with override_settings(AFFINITY=config, MIDDLEWARE=[MIDDLEWARE_PATH]):
+        app = wrap(WSGIHandler())
 
-        def request(tenant: str, body: bytes = b"", **extra: str) -> Any:
-            environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/x", "SERVER_NAME": "testserver", "SERVER_PORT": "80",
-                       "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http", "HTTP_X_TENANT": tenant,
-                       **extra}  # fmt: skip
-            return mw(WSGIRequest(environ))
+        def request(tenant: str, body: bytes = b"", **extra: str) -> int:
+            return call(app, wsgi_environ(body, HTTP_X_TENANT=tenant, **extra))[0]
 
         for tenant in (local, remote):
-            assert request(tenant, HTTP_X_BIG="v" * 400).status_code == 431
-            assert request(tenant, b"x" * 11, CONTENT_LENGTH="11").status_code == 413
-        assert served == [] and transport.sent == [], "neither served nor forwarded"
+            assert request(tenant, HTTP_X_BIG="v" * 400) == 431
+            assert request(tenant, b"x" * 11, CONTENT_LENGTH="11") == 413
+        assert seen == [] and transport.sent == [], "neither served nor forwarded"
         # A chunked body forwarded under WSGI is counted while it streams.
-        response = request(remote, b"y" * 70_000, HTTP_TRANSFER_ENCODING="chunked")
-        assert response.status_code == 413 and transport.sent == []
-        assert request(local, b"x" * 10, CONTENT_LENGTH="10").status_code == 201
+        assert request(remote, b"y" * 70_000, HTTP_TRANSFER_ENCODING="chunked") == 413
+        assert transport.sent == []
+        assert request(local, b"x" * 10, CONTENT_LENGTH="10") == 201
+        assert seen[-1].affinity.key == local  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ def names(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
     return [n for n, _ in headers]
 
 
-def test_hop_by_hop_and_connection_named_headers_dropped() -> None:
+def test_hop_by_hop_headers_dropped_and_connection_named_headers_kept() -> None:
     out, _ = request_headers(
         [
             (b"host", b"app"),
@@ -30,7 +30,10 @@ def test_hop_by_hop_and_connection_named_headers_dropped() -> None:
         scheme="http",
         forwarded=True,
     )
-    assert names(out) == [b"host", b"accept", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"]
+    # x-private stays: the owner's app sees what it would have seen served locally (Connection names are ignored).
+    assert names(out) == [
+        b"host", b"x-private", b"accept", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"
+    ]  # fmt: skip
 
 
 def test_internal_headers_and_folded_spellings_dropped() -> None:
@@ -50,8 +53,8 @@ def test_internal_headers_and_folded_spellings_dropped() -> None:
 
 def test_by_default_nothing_is_added_and_the_clients_own_headers_pass_as_they_are() -> None:
     """The marker carries the client's address and scheme, so by default the hop adds no X-Forwarded-*: the
-    client's own (repeats included) pass unchanged, the same hop-by-hop and internal headers are dropped, and
-    the owner has nothing to undo."""
+    client's own (repeats included) pass unchanged, the same hop-by-hop and internal headers are dropped (not
+    what Connection names), and the owner has nothing to undo."""
     original = [
         (b"Host", b"app.example"),
         (b"X-Forwarded-For", b"203.0.113.7"),
@@ -67,6 +70,7 @@ def test_by_default_nothing_is_added_and_the_clients_own_headers_pass_as_they_ar
     assert out == [
         (b"host", b"app.example"),
         (b"x-forwarded-for", b"203.0.113.7"),
+        (b"x-private", b"1"),
         (b"x-forwarded-for", b"10.0.0.1"),
         (b"x-forwarded-proto", b"https"),
     ]

@@ -225,7 +225,7 @@ def test_unrelayable_response_is_bad_response(response: bytes) -> None:
 
 def test_bad_chunk_size_is_bad_response() -> None:
     async def main() -> None:
-        for size in (b"0x5", b"1_0", b"+5", b" ", b"12345678901234567"):
+        for size in (b"0x5", b"1_0", b"+5", b" ", b"5 ;ext", b"123456789012345678901"):
             bad = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + size + b"\r\nhello\r\n0\r\n\r\n"
             async with serve(keep_alive(bad)) as (_, base):
                 t = AsyncioTransport()
@@ -349,14 +349,19 @@ def test_client_gone_mid_upload_is_client_gone() -> None:
 
 def test_interim_100_is_skipped_and_head_has_no_body() -> None:
     head = b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"
+    empty_head = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 
     async def main() -> None:
-        async with serve(keep_alive(b"HTTP/1.1 100 Continue\r\n\r\n" + OK, head, OK)) as (server, base):
+        async with serve(keep_alive(b"HTTP/1.1 100 Continue\r\n\r\n" + OK, empty_head, OK, head)) as (server, base):
             t = AsyncioTransport()
             assert (await fetch(t, base))[:2] == (200, b"ok")
             assert (await fetch(t, base, "HEAD"))[:2] == (200, b"")
-            assert (await fetch(t, base))[:2] == (200, b"ok")  # HEAD's Content-Length did not desync the stream
+            assert (await fetch(t, base))[:2] == (200, b"ok")  # one connection so far: nothing was announced
             assert server.connections == 1
+            assert (await fetch(t, base, "HEAD"))[:2] == (200, b"")
+            # A HEAD answer that declared a body is never pooled: a peer could still write that body.
+            assert (await fetch(t, base))[:2] == (200, b"ok")
+            assert server.connections == 2
             await t.aclose()
 
     run(main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 from affinity_mw import keys
@@ -93,8 +94,9 @@ def test_draining_is_held_until_an_active_check_readmits_when_checks_are_on() ->
 
 def test_core_holds_draining_peers_only_with_active_checks() -> None:
     common = {"peers": URLS, "self_url": URLS[0], "secret": "s" * 32, "key": "header:X-Tenant"}
-    assert AffinityCore(**common, health_interval=0.5).health.hold_draining
-    assert not AffinityCore(**common).health.hold_draining
+    assert AffinityCore(**common).health.hold_draining, "active checks are on by default"
+    assert not AffinityCore(**common, health_interval=0).health.hold_draining
+    assert not AffinityCore(**common, health_path="").health.hold_draining, "no path to check"
 
 
 def router_with(health: PeerHealth, self_url: str = URLS[0]) -> Router:
@@ -182,3 +184,31 @@ def test_the_health_json_in_the_docs_has_the_codes_fields() -> None:
     for shown in blocks:
         assert shown.keys() == answered.keys()
         assert shown["counters"].keys() <= COUNTERS.keys(), shown["counters"].keys() - COUNTERS.keys()
+
+
+def test_active_checks_run_only_while_a_peer_is_set_aside_and_take_it_back() -> None:
+    answers = {"b": False}
+    asked: list[str] = []
+
+    def check(node_id: str) -> bool:
+        asked.append(node_id)
+        return answers[node_id]
+
+    health = PeerHealth(eject_after=1, base=30, hold_draining=True, check=check, interval=0.02)
+    assert health._checker is None, "no thread while every peer is healthy"
+    health.failure("b")
+    assert not health.usable("b") and health._checker is not None
+    checker = health._checker
+    deadline = time.monotonic() + 5
+    while len(asked) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not health.usable("b"), "a peer that does not answer 200 stays aside"
+    answers["b"] = True
+    checker.join(5)
+    assert not checker.is_alive() and health._checker is None, "the thread leaves once nobody is set aside"
+    assert health.usable("b") and health.ejected() == {}
+    health.draining("b")  # a new set-aside starts a new thread
+    assert health._checker is not None and health._checker is not checker
+    second = health._checker
+    second.join(5)
+    assert health.usable("b") and not second.is_alive() and health._checker is None

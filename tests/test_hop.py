@@ -5,7 +5,7 @@ import time
 import pytest
 from itsdangerous import Signer, TimestampSigner
 
-from affinity_mw.hop import HopSigner
+from affinity_mw.hop import HopSigner, request_binding
 
 SECRET = "hop-test-secret-0123456789"
 
@@ -81,9 +81,12 @@ def test_fields_a_client_can_influence_cannot_break_the_format() -> None:
 
 def test_token_of_same_secret_for_another_purpose_is_rejected() -> None:
     # Same secret, default itsdangerous salt: a token minted for something else must not pass as a marker.
-    payload = f"{int(time.time() * 1000):x}|s|0000000000000001|c|1|||http|"
-    assert HopSigner(SECRET).verify(Signer(SECRET).sign(payload)) is None
-    assert HopSigner(SECRET).verify(TimestampSigner(SECRET).sign(payload)) is None
+    for payload in (
+        f"{int(time.time() * 1000):x}|s|0000000000000001|c|1|||http|",
+        f"{int(time.time() * 1000):x}|s|r|{request_binding('GET', '/')}|0000000000000001|c|1|0|||http|",
+    ):
+        assert HopSigner(SECRET).verify(Signer(SECRET).sign(payload)) is None
+        assert HopSigner(SECRET).verify(TimestampSigner(SECRET).sign(payload)) is None
 
 
 def test_construction_errors() -> None:
@@ -102,13 +105,13 @@ def test_tokens_are_itsdangerous_signer_tokens_byte_for_byte() -> None:
 
     keys = ["old-secret-0123456789abcdef", "new-secret-0123456789abcdef"]
     ours = HopSigner(keys)
-    theirs = Signer(keys, salt="affinity-mw.hop.v2", digest_method=hashlib.sha256)
+    theirs = Signer(keys, salt="affinity-mw.hop.v3", digest_method=hashlib.sha256)
     token = ours.sign(sender="http://a:1", key_hash=7, ring_checksum="ring:abc", client=("10.0.0.1|%", 5), added="fp")
     value = theirs.unsign(token)  # raises if the signature is not itsdangerous's
     assert theirs.sign(value) == token
     # ...and a token itsdangerous signs with either key of the rotation list verifies here.
     for key in keys:
-        old = Signer(key, salt="affinity-mw.hop.v2", digest_method=hashlib.sha256).sign(value)
+        old = Signer(key, salt="affinity-mw.hop.v3", digest_method=hashlib.sha256).sign(value)
         marker = ours.verify(old)
         assert marker is not None and marker.client_host == "10.0.0.1|%" and marker.added == "fp"
     assert HopSigner(keys[0]).verify(token) is None  # signed with the new key: unknown to a node with the old only
@@ -132,3 +135,84 @@ def test_tokens_are_the_same_through_the_python_hmac_fallback(monkeypatch: pytes
     token = fast.sign(**fields)  # type: ignore[arg-type]
     assert fallback.sign(**fields) == token  # type: ignore[arg-type]
     assert fast.verify(token) is not None and fallback.verify(token) is not None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Binding: a marker is for one request to one node
+# ----------------------------------------------------------------------------------------------------------
+
+BOUND = {
+    "sender": "http://127.0.0.1:8000",
+    "receiver": "http://127.0.0.2:8000",
+    "method": "POST",
+    "target": "/tenants/acme/orders?x=1",
+    "key_hash": 0xC0FFEE,
+    "ring_checksum": "ring:1",
+}
+
+
+def test_bound_marker_matches_only_its_request_and_node() -> None:
+    signer = HopSigner(SECRET)
+    marker = signer.verify(signer.sign(**BOUND, client=("203.0.113.9", 4000), scheme="https"))  # type: ignore[arg-type]
+    assert marker is not None and not marker.legacy and not marker.rerouted
+    assert (marker.receiver, marker.key_hash, marker.client_host) == ("http://127.0.0.2:8000", 0xC0FFEE, "203.0.113.9")
+    assert marker.mismatch("POST", "/tenants/acme/orders?x=1", "http://127.0.0.2:8000") is None
+    assert marker.mismatch("GET", "/tenants/acme/orders?x=1", "http://127.0.0.2:8000") == "request"
+    assert marker.mismatch("POST", "/tenants/acme/orders?x=2", "http://127.0.0.2:8000") == "request"
+    assert marker.mismatch("POST", "/tenants/acme/orders", "http://127.0.0.2:8000") == "request"
+    assert marker.mismatch("POST", "/tenants/acme/orders?x=1", "http://127.0.0.3:8000") == "node"
+    assert marker.mismatch("POST", "/tenants/acme/orders?x=1", None) == "node"
+
+
+def test_binding_cannot_be_edited_in_the_token() -> None:
+    signer = HopSigner(SECRET)
+    token = signer.sign(**BOUND).decode()  # type: ignore[arg-type]
+    other = request_binding("GET", "/admin")
+    assert signer.verify(token.replace(request_binding("POST", "/tenants/acme/orders?x=1"), other)) is None
+    assert signer.verify(token.replace("127.0.0.2", "127.0.0.3")) is None
+    assert signer.verify(token.replace("|0|", "|1|", 1)) is None  # the rerouted flag is signed too
+
+
+def test_rerouted_flag_and_escaped_receiver_round_trip() -> None:
+    signer = HopSigner(SECRET)
+    fields = dict(BOUND, receiver="http://a|b%:1")
+    marker = signer.verify(signer.sign(**fields, rerouted=True))  # type: ignore[arg-type]
+    assert marker is not None and marker.rerouted and marker.receiver == "http://a|b%:1"
+    assert marker.mismatch("POST", "/tenants/acme/orders?x=1", "http://a|b%:1") is None
+
+
+def test_request_binding_separates_method_and_target() -> None:
+    assert request_binding("GET", "/a b") != request_binding("GET /a", "b")
+    assert request_binding("GET", "/x") != request_binding("HEAD", "/x")
+    assert len(request_binding("GET", "/\u00e9\udcff")) == 16  # any text, never an exception
+
+
+def test_legacy_markers_verify_flagged_and_unbound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node of the previous version signs unbound markers with the v2 salt; during a rolling upgrade they are
+    authentic here, flagged ``legacy`` (the router honours and counts them); never signed here."""
+    import hashlib
+
+    payload = f"{int(time.time() * 1000):x}|http://old:1|00000000000000ff|ring:1|1|10.0.0.9|77|https|f"
+    legacy = Signer(SECRET, salt="affinity-mw.hop.v2", digest_method=hashlib.sha256).sign(payload)
+    marker = HopSigner(SECRET).verify(legacy)
+    assert marker is not None and marker.legacy
+    assert (marker.sender, marker.key_hash, marker.client_host, marker.scheme) == (
+        "http://old:1",
+        255,
+        "10.0.0.9",
+        "https",
+    )
+    assert marker.mismatch("DELETE", "/anything", "http://any:1") is None
+    # A v2-salted token in the new format, or a v3-salted one in the old format, is no marker.
+    assert (
+        HopSigner(SECRET).verify(Signer(SECRET, salt="affinity-mw.hop.v3", digest_method=hashlib.sha256).sign(payload))
+        is None
+    )
+    v3 = HopSigner(SECRET).sign(**BOUND).rpartition(b".")[0]  # type: ignore[arg-type]
+    assert (
+        HopSigner(SECRET).verify(Signer(SECRET, salt="affinity-mw.hop.v2", digest_method=hashlib.sha256).sign(v3))
+        is None
+    )
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 31)
+    assert HopSigner(SECRET).verify(legacy) is None  # legacy markers expire like any other

@@ -114,3 +114,29 @@ def test_unknown_subpath_and_methods() -> None:
     assert ask(c, "/_affinity/nope")[0] == 404
     assert ask(c, method="POST")[0] == 405
     assert ask(c, "/_affinityx") is None
+
+
+def test_locality_ratio_covers_the_recent_window_not_the_process_lifetime() -> None:
+    """An hour of steady traffic, then a 10-minute outage (every request a failover), then recovery: the ratio
+    shows the outage while it lasts and is back to 1 one window after it, whatever the process's age."""
+    c = core(introspection="on")
+    metrics, counters = c.metrics, c.counters
+    now = [0.0]
+    metrics.clock = lambda: now[0]
+
+    def minute(**served: int) -> float | None:
+        for name, count in served.items():
+            counters[name] += count
+        now[0] += 60
+        return metrics.locality_ratio()  # one scrape a minute
+
+    for _ in range(60):
+        assert minute(local_owner=900, hop=100) == 1.0
+    during = [minute(failover=1000) for _ in range(10)]
+    assert during[-1] == 0.0, "ten minutes of failover only: the last five minutes were all away from the owners"
+    assert during[0] is not None and during[0] < 0.85
+    after = [minute(local_owner=1000) for _ in range(10)]
+    assert after[-1] == 1.0, after
+    idle = [minute() for _ in range(6)]
+    assert idle[0] == 1.0 and idle[-1] is None, "no keyed request in the window: no ratio (the gauge reads 1)"
+    assert "affinity_locality_ratio 1.0" in ask(c, "/_affinity/metrics")[1].decode()

@@ -1185,11 +1185,13 @@ def test_public_names() -> None:
     assert keys.__all__ == sorted(keys.__all__, key=lambda n: (not n[0].isupper(), n))
     assert set(keys.__all__) == {
         "Extractor",
+        "GeneratedCookie",
         "KeyOptions",
         "client_ip",
         "cookie",
         "first_of",
         "from_spec",
+        "generated_cookie",
         "header",
         "jwt_claim",
         "path",

@@ -22,28 +22,34 @@ Trust model. A key chooses which node serves a request, so a client that can cho
 node. That is harmless for load (the ring spreads keys) but it matters when the key also stands for an
 identity: routing on a ``X-Tenant`` header lets any client land on any tenant's node. Where that matters, use
 a key the client cannot forge: :func:`jwt_claim` (verified tokens only, never unverified claims),
-:func:`signed_cookie` (itsdangerous signatures), or :func:`client_ip` (the socket peer, with an explicit count
-of trusted proxies). Affinity is about *locality*, not security: the node that serves a request must still
-authenticate and authorize it as usual.
+:func:`signed_cookie` (itsdangerous signatures), :func:`generated_cookie` (one the middleware issues), or
+:func:`client_ip` (the socket peer, with an explicit count of trusted proxies). Affinity is about *locality*,
+not security: the node that serves a request must still authenticate and authorize it as usual.
 """
 
 from __future__ import annotations
 
 from ._base import Extractor
+from ._generated import GeneratedCookie, generated_cookie
 from ._plain import client_ip, cookie, header, path, query, region
 
 # Not public: the router's fast path asks which header a plain header extractor reads.
 from ._plain import plain_header_name as plain_header_name
 from ._spec import KeyOptions, first_of, from_spec
+
+# Not public: the adapters ask which generated cookie (if any) a request without a key should get.
+from ._spec import generating_cookie as generating_cookie
 from ._verified import jwt_claim, signed_cookie
 
 __all__ = [
     "Extractor",
+    "GeneratedCookie",
     "KeyOptions",
     "client_ip",
     "cookie",
     "first_of",
     "from_spec",
+    "generated_cookie",
     "header",
     "jwt_claim",
     "path",

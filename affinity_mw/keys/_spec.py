@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..request import RequestView
 from ._base import Extractor, _Extractor
+from ._generated import DEFAULT_MAX_AGE, GeneratedCookie, generated_cookie
 from ._plain import client_ip, cookie, header, path, query, region
 from ._verified import jwt_claim, signed_cookie
 
@@ -74,15 +75,22 @@ class KeyOptions:
     cookie_salt: str = "cookie-session"
     cookie_max_age: int = 31 * 24 * 3600
     trusted_proxies: int = 0
+    secret: tuple[str, ...] = ()
+    generated_cookie_max_age: int = DEFAULT_MAX_AGE
+    generated_cookie_secure: bool | None = None
+    generated_cookie_http_only: bool = True
+    generated_cookie_same_site: str = "Lax"
+    generated_cookie_path: str = "/"
+    generated_cookie_domain: str | None = None
 
 
 _DEFAULT_OPTIONS = KeyOptions()
 
 _VALID_FORMS = (
     "header:NAME, cookie:NAME, query:NAME, path:/prefix/{key}/, path:re:REGEX, ip, region, region:NAME, "
-    "jwt:CLAIM, signed-cookie:COOKIE:FIELD"
+    "jwt:CLAIM, signed-cookie:COOKIE:FIELD, generated-cookie:NAME"
 )
-_KINDS = ("header", "cookie", "query", "path", "ip", "region", "jwt", "signed-cookie")
+_KINDS = ("header", "cookie", "query", "path", "ip", "region", "jwt", "signed-cookie", "generated-cookie")
 
 
 def _starts_source(text: str) -> bool:
@@ -152,6 +160,21 @@ def _from_source(part: str, options: KeyOptions) -> Extractor:
             source=options.jwt_from,
             leeway=options.jwt_leeway,
         )
+    if kind == "generated-cookie":
+        if not options.secret:
+            raise ValueError(
+                f"AFFINITY_KEY source {part!r} signs its cookie with the cluster secret: set AFFINITY_SECRET."
+            )
+        return generated_cookie(
+            rest,
+            options.secret,
+            max_age=options.generated_cookie_max_age,
+            secure=options.generated_cookie_secure,
+            http_only=options.generated_cookie_http_only,
+            same_site=options.generated_cookie_same_site,
+            path=options.generated_cookie_path,
+            domain=options.generated_cookie_domain,
+        )
     # signed-cookie:COOKIE:FIELD
     cookie_name, sep, field = rest.partition(":")
     if not sep or not cookie_name.strip() or not field.strip():
@@ -190,6 +213,10 @@ def from_spec(spec: str, options: KeyOptions = _DEFAULT_OPTIONS) -> Extractor:
     ``signed-cookie:COOKIE:FIELD``
         :func:`signed_cookie` in Flask's session format, with ``AFFINITY_COOKIE_SECRET`` (required) and
         ``AFFINITY_COOKIE_SALT`` from *options*.
+    ``generated-cookie:NAME``
+        :func:`generated_cookie`, signed with the cluster secret (``AFFINITY_SECRET``, required); the
+        middleware issues it to a request that carries no key. Its attributes come from the
+        ``AFFINITY_GENERATED_COOKIE_*`` options.
 
     Source kinds are case-insensitive; names keep their case. Any error raises :class:`ValueError` naming the
     offending part, at start-up rather than on the first request.
@@ -214,3 +241,15 @@ def from_spec(spec: str, options: KeyOptions = _DEFAULT_OPTIONS) -> Extractor:
                 raise
             raise ValueError(f"AFFINITY_KEY source {part!r} is not valid: {exc}") from exc
     return extractors[0] if len(extractors) == 1 else first_of(*extractors)
+
+
+def generating_cookie(extractor: Extractor) -> GeneratedCookie | None:
+    """The :class:`GeneratedCookie` among an extractor's sources, if any: a request for which ``extractor``
+    finds no key gets this cookie."""
+    if isinstance(extractor, GeneratedCookie):
+        return extractor
+    if isinstance(extractor, _FirstOf):
+        for source in extractor._extractors:
+            if isinstance(source, GeneratedCookie):
+                return source
+    return None

@@ -344,6 +344,54 @@ def jwt_claim(
     return _JwtClaim(claim, key, algorithms, audience, issuer, source, leeway)
 
 
+def _signing_setup(
+    secret_keys: str | bytes | Sequence[str | bytes], salt: object, max_age: object
+) -> list[str | bytes]:
+    """The checks every itsdangerous-signed cookie's settings pass: keys for rotation (oldest to newest), a
+    salt per purpose, a finite age. Returns the keys as a list."""
+    keys: list[str | bytes]
+    if isinstance(secret_keys, (str, bytes)):
+        keys = [secret_keys]
+    elif isinstance(secret_keys, Iterable):
+        keys = list(secret_keys)
+    else:
+        raise TypeError(f"secret_keys must be a string or a list of strings, not {type(secret_keys).__name__}.")
+    for secret in keys:
+        if not isinstance(secret, (str, bytes)):
+            raise TypeError(f"Each secret key must be a string, not {type(secret).__name__}.")
+        if not secret:
+            raise ValueError("A secret key is empty; an empty key signs nothing that a client cannot forge.")
+    if not keys:
+        raise ValueError("secret_keys must hold at least one key (oldest to newest; the newest signs).")
+    if not isinstance(salt, (str, bytes)) or not salt:
+        raise ValueError(
+            "salt must be a non-empty string: a salt per purpose keeps a value signed for one use from "
+            "being accepted as another."
+        )
+    if isinstance(max_age, bool) or not isinstance(max_age, int):
+        raise TypeError(f"max_age must be a whole number of seconds, not {type(max_age).__name__}.")
+    if max_age <= 0:
+        raise ValueError(
+            f"max_age must be a positive number of seconds, not {max_age}: a signed cookie must expire, "
+            "or a leaked one is valid forever."
+        )
+    return keys
+
+
+def _signed_payload(req: RequestView, cookie: str, serializer: URLSafeTimedSerializer, max_age: int) -> object:
+    """The payload of a signed cookie, or ``None`` when the cookie is missing, forged, expired or unreadable."""
+    value = req.cookies.get(cookie)
+    if not value:
+        return None
+    try:
+        return serializer.loads(value, max_age=max_age)
+    except Exception as exc:
+        # BadSignature, SignatureExpired and BadPayload are the expected failures; anything else on attacker
+        # input still means "no verified key".
+        _log.debug("Signed cookie %r rejected for affinity key: %s", cookie, type(exc).__name__)
+        return None
+
+
 class _SignedCookie(_Extractor):
     __slots__ = ("_cookie", "_field", "_max_age", "_serializer")
 
@@ -358,32 +406,7 @@ class _SignedCookie(_Extractor):
     ) -> None:
         self._cookie = _cookie_name(cookie_name)
         self._field = _nonempty_str(field, "signed cookie field", "user_id")
-        keys: list[str | bytes]
-        if isinstance(secret_keys, (str, bytes)):
-            keys = [secret_keys]
-        elif isinstance(secret_keys, Iterable):
-            keys = list(secret_keys)
-        else:
-            raise TypeError(f"secret_keys must be a string or a list of strings, not {type(secret_keys).__name__}.")
-        for secret in keys:
-            if not isinstance(secret, (str, bytes)):
-                raise TypeError(f"Each secret key must be a string, not {type(secret).__name__}.")
-            if not secret:
-                raise ValueError("A secret key is empty; an empty key signs nothing that a client cannot forge.")
-        if not keys:
-            raise ValueError("secret_keys must hold at least one key (oldest to newest; the newest signs).")
-        if not isinstance(salt, (str, bytes)) or not salt:
-            raise ValueError(
-                "salt must be a non-empty string: a salt per purpose keeps a value signed for one use from "
-                "being accepted as another."
-            )
-        if isinstance(max_age, bool) or not isinstance(max_age, int):
-            raise TypeError(f"max_age must be a whole number of seconds, not {type(max_age).__name__}.")
-        if max_age <= 0:
-            raise ValueError(
-                f"max_age must be a positive number of seconds, not {max_age}: a signed cookie must expire, "
-                "or a leaked one is valid forever."
-            )
+        keys = _signing_setup(secret_keys, salt, max_age)
         self._max_age = max_age
         signer_kwargs: dict[str, Any] | None = None
         if flask_format:
@@ -397,16 +420,7 @@ class _SignedCookie(_Extractor):
         )
 
     def __call__(self, req: RequestView) -> str | None:
-        value = req.cookies.get(self._cookie)
-        if not value:
-            return None
-        try:
-            data = self._serializer.loads(value, max_age=self._max_age)
-        except Exception as exc:
-            # BadSignature, SignatureExpired and BadPayload are the expected failures; anything else on
-            # attacker input still means "no verified key".
-            _log.debug("Signed cookie rejected for affinity key: %s", type(exc).__name__)
-            return None
+        data = _signed_payload(req, self._cookie, self._serializer, self._max_age)
         if not isinstance(data, dict):
             return None
         return _scalar_key(data.get(self._field))

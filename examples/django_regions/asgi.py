@@ -1,9 +1,14 @@
-"""ASGI entry point: ``uvicorn asgi:application`` from this directory."""
+"""ASGI entry point: ``uvicorn asgi:application`` from this directory.
+
+``wrap`` routes each request to its region's owner before Django sees it, configured from ``settings.AFFINITY``.
+"""
 
 import os
 
 from django.core.asgi import get_asgi_application
 
+from affinity_mw.contrib.django import wrap
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
 
-application = get_asgi_application()
+application = wrap(get_asgi_application())

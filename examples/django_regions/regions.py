@@ -59,7 +59,7 @@ def region_data(region: str) -> tuple[RegionData, bool]:
 
 def prices(request: HttpRequest) -> JsonResponse:
     """``GET /prices`` with ``X-Region: eu-west``: the region's prices, and whether this node's cache had them."""
-    decision = request.affinity  # set by AffinityMiddleware on the node that serves the request
+    decision = request.affinity  # the wrapped application's decision, set by AffinityMiddleware
     region = decision.key  # the validated, lower-cased region, or None
     if region is None:
         return JsonResponse({"error": "send a region: X-Region: eu-west ([a-z0-9._-], at most 64)"}, status=400)

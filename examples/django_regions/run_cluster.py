@@ -1,10 +1,13 @@
-"""Start a local 3-node cluster of the region-cache example on 127.0.0.1-3 (Ctrl-C stops every node).
+"""Start a local cluster of the region-cache example on 127.0.0.1-3; Ctrl-C or SIGTERM stops every node.
 
     python examples/django_regions/run_cluster.py [--server uvicorn|gunicorn] [--port 8000] [--nodes 3]
 
-``uvicorn`` serves Django over ASGI (the middleware forwards with aiohttp on the event loop); ``gunicorn`` serves
-it over WSGI with gthread workers (the middleware forwards with urllib3; a sync worker would block while it
-forwards). Then: curl -H 'X-Region: eu-west' http://127.0.0.2:8000/prices
+``uvicorn`` serves Django over ASGI (``asgi.py``: requests another node owns are forwarded with affinity-mw's
+built-in asyncio client, in the serving event loop); ``gunicorn`` serves it over WSGI (``wsgi.py``, gthread
+workers: requests are forwarded with a urllib3 pool; a sync worker would block while it forwards). Each node gets
+``AFFINITY_PEERS``, ``AFFINITY_SELF`` and one ``AFFINITY_SECRET`` made up for the run; ``settings.AFFINITY``
+says the rest. If one node exits, the others are stopped too. Then:
+curl -H 'X-Region: eu-west' http://127.0.0.2:8000/prices
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 
 
 def command(server: str, host: str, port: int) -> list[str]:
@@ -22,11 +26,13 @@ def command(server: str, host: str, port: int) -> list[str]:
         return [sys.executable, "-m", "uvicorn", "asgi:application", "--host", host, "--port", str(port)]
     return [
         sys.executable, "-m", "gunicorn", "wsgi:application", "--bind", f"{host}:{port}",
-        "--worker-class", "gthread", "--threads", "8", "--workers", "1",
+        "--worker-class", "gthread", "--threads", "8", "--workers", "1", "--keep-alive", "5",
     ]  # fmt: skip
 
 
 def main() -> None:
+    # SIGTERM (`kill`, a CI timeout) unwinds through the finally below like Ctrl-C, so no node is left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", choices=["uvicorn", "gunicorn"], default="uvicorn")
     parser.add_argument("--port", type=int, default=8000)
@@ -37,17 +43,19 @@ def main() -> None:
     env.setdefault("AFFINITY_SECRET", secrets.token_urlsafe(32))
     env["AFFINITY_PEERS"] = ",".join(urls)
     here = os.path.dirname(os.path.abspath(__file__))
-    procs = []
-    for i, url in enumerate(urls):
-        node_env = dict(env, AFFINITY_SELF=url)
-        procs.append(subprocess.Popen(command(args.server, f"127.0.0.{i + 1}", args.port), cwd=here, env=node_env))
-        print(f"node {url} pid {procs[-1].pid}")
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        for proc in procs:
-            proc.wait()
+        for i, url in enumerate(urls):
+            node_env = dict(env, AFFINITY_SELF=url)
+            procs.append(subprocess.Popen(command(args.server, f"127.0.0.{i + 1}", args.port), cwd=here, env=node_env))
+            print(f"node {url} pid {procs[-1].pid}", flush=True)
+        while all(proc.poll() is None for proc in procs):
+            time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -56,6 +64,7 @@ def main() -> None:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Single-file settings of the region-cache example: no database, affinity-mw first in MIDDLEWARE.
+"""Single-file settings of the region-cache example: no database, ``wsgi.py``/``asgi.py`` wrapped by affinity-mw.
 
 ``settings.AFFINITY`` holds what the code decides: route by the ``X-Region`` header, serve requests without a
 valid region where they land. The deploy's ``AFFINITY_*`` variables (peers, this node, the cluster secret)
@@ -16,12 +16,15 @@ ALLOWED_HOSTS = ["*"]
 DATABASES: dict[str, object] = {}
 USE_TZ = True
 ROOT_URLCONF = "regions"
+# The applications the servers run (runserver uses WSGI_APPLICATION); `manage.py check` makes sure both are wrapped.
+WSGI_APPLICATION = "wsgi.application"
+ASGI_APPLICATION = "asgi.application"
 
 # The app config only registers affinity-mw's system checks, so `python manage.py check` validates AFFINITY.
 INSTALLED_APPS = ["affinity_mw.contrib.django.AffinityConfig"]
 
 MIDDLEWARE = [
-    # First: a request another node owns is forwarded before any other middleware does work for it.
+    # Sets request.affinity (the decision the wrapped application made); first, so every middleware can read it.
     "affinity_mw.contrib.django.AffinityMiddleware",
     "django.middleware.common.CommonMiddleware",
 ]

@@ -4,6 +4,8 @@ import os
 
 from django.core.asgi import get_asgi_application
 
+from affinity_mw.contrib.django import wrap
+
 os.environ["DJANGO_SETTINGS_MODULE"] = "tests.apps.django_app.settings"
 
-application = get_asgi_application()
+application = wrap(get_asgi_application())

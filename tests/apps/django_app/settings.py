@@ -1,8 +1,8 @@
-"""Settings of the Django probe app: no database, affinity-mw first in MIDDLEWARE.
+"""Settings of the Django probe app: no database, ``wsgi.py``/``asgi.py`` wrapped, affinity-mw first in MIDDLEWARE.
 
 ``settings.AFFINITY`` sets a key source; the cluster's ``AFFINITY_*`` variables override it (the environment wins),
 which is part of what the tests check. ``DJANGO_PROBE_SYNC_ONLY=1`` adds a sync-only middleware below
-affinity-mw, so Django runs affinity-mw synchronously even under ASGI.
+affinity-mw's, so Django runs the middleware chain synchronously even under ASGI.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ ALLOWED_HOSTS = ["*"]
 DATABASES: dict[str, object] = {}
 USE_TZ = True
 ROOT_URLCONF = "tests.apps.django_app.urls"
+# What the system checks read to see that the application is wrapped (affinity_mw.E003).
+WSGI_APPLICATION = "tests.apps.django_app.wsgi.application"
+ASGI_APPLICATION = "tests.apps.django_app.asgi.application"
 INSTALLED_APPS = ["django.contrib.sessions", "affinity_mw.contrib.django.AffinityConfig"]
 MIDDLEWARE = [
     "affinity_mw.contrib.django.AffinityMiddleware",

@@ -4,6 +4,8 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from affinity_mw.contrib.django import wrap
+
 os.environ["DJANGO_SETTINGS_MODULE"] = "tests.apps.django_app.settings"
 
-application = get_wsgi_application()
+application = wrap(get_wsgi_application())
