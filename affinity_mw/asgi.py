@@ -20,7 +20,7 @@ from ._slots import AsyncPeerSlots
 from .core import AffinityCore
 from .forward import BODY_TOO_LARGE, AsyncTransport, BodyLimit, BodyTooLarge, ForwardError
 from .router import LOCAL, Decision
-from .routes import starlette_exclusions
+from .routes import app_exclusions
 from .transports import HttpxTransport, async_transport
 
 __all__ = ["AffinityMiddleware"]
@@ -66,7 +66,7 @@ class AffinityMiddleware:
         self.slots = AsyncPeerSlots(core.settings.pool_size, core.settings.pool_timeout)
         self._key_header = core.router.header_key
         self._loads = core.router.balancer.loads if core.router.balancer is not None else None
-        core.mark_unrouted(starlette_exclusions(app))
+        core.mark_unrouted(app_exclusions(app))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -174,7 +174,7 @@ class AffinityMiddleware:
             message = await receive()
             if message["type"] == "lifespan.startup" and app is not None:
                 # FastAPI's add_middleware: the app whose routes may be marked unrouted is the scope's, not ours.
-                self.core.mark_unrouted(starlette_exclusions(app))
+                self.core.mark_unrouted(app_exclusions(app))
             elif message["type"] == "lifespan.shutdown":
                 self.core.start_draining()
                 await self.transport.aclose()

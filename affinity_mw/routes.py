@@ -20,7 +20,15 @@ from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
-__all__ = ["RoutePolicy", "flask_exclusions", "starlette_exclusions", "unrouted", "with_exclusions"]
+__all__ = [
+    "RoutePolicy",
+    "app_exclusions",
+    "django_exclusions",
+    "flask_exclusions",
+    "starlette_exclusions",
+    "unrouted",
+    "with_exclusions",
+]
 
 _METHOD = re.compile(r"[A-Z]+")
 
@@ -102,11 +110,13 @@ _WERKZEUG_PARAM = re.compile(r"<(?:([^>:]+):)?[^>]+>")
 def unrouted(view: Any = None) -> Any:
     """Serve a view wherever its request lands: no key is extracted and nothing is forwarded.
 
-    A decorator for a Starlette or FastAPI endpoint or a Flask view (``@unrouted`` under the route decorator),
-    or a FastAPI dependency (``dependencies=[Depends(unrouted)]`` on a route or a router). The middleware reads
-    the marks once, when it starts (ASGI: at lifespan startup or when it wraps the app; Flask: on the first
-    request), and adds an exclusion for each marked route before the ``AFFINITY_ROUTES`` rules, so a marked
-    route costs what any excluded route costs. Called with no view (as a dependency), it does nothing.
+    A decorator for a Starlette or FastAPI endpoint, a Flask view or a Django view (``@unrouted`` under the
+    route decorator; a Django class-based view's class), or a FastAPI dependency
+    (``dependencies=[Depends(unrouted)]`` on a route or a router). The middleware reads the marks when it starts
+    (ASGI: when it wraps the app and at lifespan startup; Django: the URLconf, when ``wrap()`` wraps the handler;
+    Flask: as views are registered), and adds an exclusion for each marked route before the ``AFFINITY_ROUTES``
+    rules, so a marked route costs what any excluded route costs. Called with no view (as a dependency), it does
+    nothing.
     """
     if view is not None:
         setattr(view, _MARK, True)
@@ -140,6 +150,37 @@ def starlette_exclusions(app: Any, prefix: str = "") -> list[str]:
             pattern = _STARLETTE_PARAM.sub(lambda m: "**" if m.group(1) == ":path" else "*", prefix + path)
             rules.append(_rule(getattr(route, "methods", None), pattern))
     return rules
+
+
+def django_exclusions(patterns: Any = None, prefix: str = "/") -> list[str]:
+    """Exclusion rules for the views of Django's URLconf (``ROOT_URLCONF``, or ``patterns``) marked with
+    :func:`unrouted`: a function view, or a class-based view's ``as_view()`` of a marked class. ``path()`` routes
+    only: a ``re_path()`` regular expression has no pattern of ours to become, and is left routed."""
+    if patterns is None:
+        from django.urls import get_resolver
+
+        patterns = get_resolver().url_patterns
+    rules: list[str] = []
+    for entry in patterns:
+        route = getattr(entry.pattern, "_route", None)  # RoutePattern; a RegexPattern has _regex instead
+        if route is None:
+            continue
+        pattern = _WERKZEUG_PARAM.sub(lambda m: "**" if m.group(1) == "path" else "*", prefix + str(route))
+        if hasattr(entry, "url_patterns"):  # include()
+            rules += django_exclusions(entry.url_patterns, pattern)
+        elif _marked(entry.callback) or _marked(getattr(entry.callback, "view_class", None)):
+            rules.append(_rule(None, pattern))
+    return rules
+
+
+def app_exclusions(app: Any) -> list[str]:
+    """Exclusion rules for the routes marked :func:`unrouted` in the app an adapter wraps: a Starlette or FastAPI
+    app (or router), or Django's WSGI or ASGI handler. Anything else has none that can be read here."""
+    if type(app).__module__.startswith("django.core.handlers"):
+        return django_exclusions()
+    if hasattr(app, "routes") or hasattr(getattr(app, "router", None), "routes"):
+        return starlette_exclusions(app)
+    return []
 
 
 def flask_exclusions(app: Any) -> list[str]:

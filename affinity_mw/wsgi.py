@@ -22,6 +22,7 @@ from ._slots import SyncPeerSlots
 from .core import AffinityCore
 from .forward import BODY_TOO_LARGE, BodyLimit, ForwardError, SyncTransport
 from .router import LOCAL, Decision
+from .routes import app_exclusions
 from .transports import HttpxSyncTransport, Urllib3Transport
 
 __all__ = ["DECISION_KEY", "AffinityWSGIMiddleware", "environ_headers"]
@@ -73,6 +74,7 @@ class AffinityWSGIMiddleware:
         self._key_env = environ_key(core.router.header_key) if core.router.header_key is not None else None
         self._loads = core.router.balancer.loads if core.router.balancer is not None else None
         self._loads_lock = threading.Lock()
+        core.mark_unrouted(app_exclusions(app))
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         loads = self._loads
