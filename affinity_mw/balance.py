@@ -161,7 +161,7 @@ class Balancer:
     as the status page's "top keys": both want the recent request rate per key.
     """
 
-    __slots__ = ("bounded", "hot", "loads", "members", "spilled_keys", "spilled_to")
+    __slots__ = ("_ring", "_shares", "bounded", "hot", "loads", "members", "spilled_keys", "spilled_to")
 
     def __init__(self, bounded: BoundedLoads, members: int, hot: HotKeys | None = None) -> None:
         self.bounded = bounded
@@ -170,6 +170,17 @@ class Balancer:
         self.hot = hot if hot is not None else HotKeys()
         self.spilled_to: dict[str, int] = {}
         self.spilled_keys: dict[str, int] = {}
+        self._ring: object = None
+        self._shares: dict[str, float] = {}
+
+    def shares(self, ring: Any) -> dict[str, float]:
+        """Each member's part of ``ring``'s weight; a new ring also resizes the bound (:meth:`resize`)."""
+        if ring is not self._ring:
+            weight = sum(node.weight for node in ring.nodes) or 1
+            self._shares = {node.id: node.weight / weight for node in ring.nodes}
+            self._ring = ring
+            self.resize(len(ring))
+        return self._shares
 
     def resize(self, members: int) -> None:
         """The ring changed size: the fair share and the window change with it; the counts carry on."""

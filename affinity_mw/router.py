@@ -120,7 +120,7 @@ class _LocalCache:
     what a fresh forward decision is built from while no peer is ejected (hash, owner, candidates, whether this
     node is next, reason)."""
 
-    __slots__ = ("by_key", "by_value", "excluded", "forward", "ring", "self_id", "shares")
+    __slots__ = ("by_key", "by_value", "excluded", "forward", "ring", "self_id")
 
     def __init__(self, ring: Ring | None, self_id: str | None) -> None:
         self.ring = ring
@@ -128,7 +128,6 @@ class _LocalCache:
         self.by_key: dict[str, Decision] = {}
         self.by_value: dict[bytes | str, Decision] = {}
         self.forward: dict[str, tuple[int, Node, tuple[Node, ...], bool, str]] = {}
-        self.shares: dict[str, float] = {}
         self.excluded: Decision | None = None
 
 
@@ -301,12 +300,9 @@ class Router:
         self.counters["excluded"] += 1
         cache = self._cache
         ring = self.membership.ring
-        decision = cache.excluded
-        if decision is None or decision.ring is not ring:
-            decision = Decision(LOCAL, "excluded", ring)
-            if cache.ring is ring:
-                cache.excluded = decision
-        return decision
+        if cache.excluded is None or cache.excluded.ring is not ring:
+            cache.excluded = Decision(LOCAL, "excluded", ring)  # a generation's own, or one for an old generation
+        return cache.excluded
 
     def route(self, key: str | None) -> Decision:
         """Where a request with ``key`` goes when no peer has routed it yet: :meth:`_route`'s answer, after the
@@ -337,8 +333,8 @@ class Router:
             counters["shadow_forward"] += 1
             counters["forwarded"] -= 1  # counted by _route as if it went: it did not
             self.shadow_targets[decision.candidates[0].id] += 1
-            shadow = Decision(LOCAL, "shadow", decision.ring, decision.key, decision.key_hash, decision.owner,
-                              decision.candidates)  # fmt: skip
+            d = decision
+            shadow = Decision(LOCAL, "shadow", d.ring, d.key, d.key_hash, d.owner, d.candidates)
             shadow.served_by = self.membership.self_id
             return shadow
         if decision.reason in ("owner", "spill", "single-node"):
@@ -350,12 +346,8 @@ class Router:
         membership = self.membership
         ring: Ring = membership.ring
         self_id = membership.self_id
-        cache = self._generation(ring, self_id)
-        shares = cache.shares
-        if not shares:
-            weight = sum(node.weight for node in ring.nodes) or 1
-            shares.update((node.id, node.weight / weight) for node in ring.nodes)
-            balancer.resize(len(ring))
+        self._generation(ring, self_id)
+        shares = balancer.shares(ring)
         key_hash = self._hash(key)
         health = self.health
         order = list(ring.successors(key_hash))
