@@ -188,10 +188,16 @@ class Balancer:
         self.loads.window = WINDOW_PER_MEMBER * self.members
 
     def heavy(self, key: str) -> bool:
-        """Count a request for ``key``; whether the key is heavy enough to leave its owner."""
+        """Count a request for ``key``; whether it may leave its owner now: the key is heavy enough and this node
+        busy enough (over the floor, a first window seen). Anything else goes to its owner at once, so light
+        traffic and cold keys skip the whole choice."""
         hot = self.hot
         hot.add(key)
-        return self.bounded.spills(hot.share(key), self.members)
+        loads = self.loads
+        bounded = self.bounded
+        if loads.inflight <= bounded.floor or not loads.warm:
+            return False
+        return bounded.spills(hot.share(key), self.members)
 
     def record(self, node_id: str) -> None:
         """A request went to ``node_id``, its key's owner."""
