@@ -80,20 +80,20 @@ class AffinityMiddleware:
         try:
             request = ScopeRequest(scope, receive, self._key_header)
             decision = self.core.admit(request)
-            if type(decision) is Answer:
+            if isinstance(decision, Answer):
                 await _plain(send, decision)
-            elif decision.action == LOCAL:  # type: ignore[union-attr]
-                await self._serve_local(request.scope, receive, send, decision)  # type: ignore[arg-type]
+            elif decision.action == LOCAL:
+                await self._serve_local(request.scope, receive, send, decision)
             else:
                 forwarding = self.core.forwarding
                 assert forwarding is not None  # a forward decision needs a peer, and a peer needs the secret
-                outcome = await forward_async(forwarding, decision, request, self.transport, self.slots)  # type: ignore[arg-type]
+                outcome = await forward_async(forwarding, decision, request, self.transport, self.slots)
                 if type(outcome) is Relay:
                     await self._relay(outcome, receive, send, request.reader)
                 elif type(outcome) is Answer:
                     await _plain(send, outcome)
                 elif outcome is SERVE_LOCAL:
-                    await self._serve_local(request.scope, receive, send, decision)  # type: ignore[arg-type]
+                    await self._serve_local(request.scope, receive, send, decision)
                 else:  # ABORT: the client left mid-upload; nobody to answer
                     assert outcome is ABORT
         finally:

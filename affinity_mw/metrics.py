@@ -110,8 +110,9 @@ class Metrics:
         self.latency: dict[str, LatencyHistogram] = {}
         self._lock = threading.Lock()
         self.clock: Callable[[], float] = time.monotonic
-        # (time, on the owner, served) as seen by earlier reads of the locality ratio, oldest first.
-        self._readings: deque[tuple[float, int, int]] = deque([(self.clock(), 0, 0)])
+        # (time, on the owner, served) as seen by earlier reads of the locality ratio, oldest first; the process
+        # start is older than any window, whatever ``clock`` reads (tests and embedders may replace it).
+        self._readings: deque[tuple[float, int, int]] = deque([(float("-inf"), 0, 0)])
 
     def observe_forward(self, peer: str, seconds: float) -> None:
         histogram = self.latency.get(peer)

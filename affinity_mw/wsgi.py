@@ -93,19 +93,19 @@ class AffinityWSGIMiddleware:
     def _handle(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         request = EnvironRequest(environ, self._key_env)
         decision = self.core.admit(request)
-        if type(decision) is Answer:
+        if isinstance(decision, Answer):
             return _plain(start_response, decision)
-        if decision.action == LOCAL:  # type: ignore[union-attr]
-            return self._serve_local(request.environ, start_response, decision)  # type: ignore[arg-type]
+        if decision.action == LOCAL:
+            return self._serve_local(request.environ, start_response, decision)
         forwarding = self.core.forwarding
         assert forwarding is not None  # a forward decision needs a peer, and a peer needs the secret
-        outcome = forward_sync(forwarding, decision, request, self.transport, self.slots)  # type: ignore[arg-type]
+        outcome = forward_sync(forwarding, decision, request, self.transport, self.slots)
         if type(outcome) is Relay:
             return self._relay(outcome, start_response)
         if type(outcome) is Answer:
             return _plain(start_response, outcome)
         if outcome is SERVE_LOCAL:
-            return self._serve_local(request.environ, start_response, decision)  # type: ignore[arg-type]
+            return self._serve_local(request.environ, start_response, decision)
         return _plain(start_response, _CLIENT_GONE)  # ABORT
 
     def _serve_local(self, environ: Environ, start_response: StartResponse, decision: Decision) -> Iterable[bytes]:
