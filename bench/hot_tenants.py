@@ -268,7 +268,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         total = sum(r["served"].values()) or 1
         shares = " / ".join(f"{100 * count / total:.1f}%" for count in r["served"].values())
         lines.append(
-            f"| {r['factor'] if r['factor'] is not None else 'unset'} | {r['requests']} ({r['rate']}) | "
+            f"| {r['factor'] if r['factor'] is not None else 'off'} | {r['requests']} ({r['rate']}) | "
             f"**{r['busiest_over_mean']}** | {shares} | {r['p50_ms']} ms | **{r['p99_ms']} ms** | {r['errors']} | "
             f"{100 * (r['locality_others'] or 0):.2f}% | {100 * (r['locality_hot'] or 0):.1f}% |"
         )
@@ -279,7 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--factors", default="none,1.25", help="comma-separated: none or a balance factor")
     parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--port", type=int, default=38000, help="one port on every 127.0.0.x (the ring hashes it)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=21851,
+        help="one port on every 127.0.0.x (the ring hashes it; below the ephemeral range)",
+    )
     parser.add_argument("--load", type=float, default=0.65, help="arrival rate as a share of the capacity")
     parser.add_argument("--hot-share", type=float, default=0.35)
     parser.add_argument("--tenants", type=int, default=200)
