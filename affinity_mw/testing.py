@@ -330,6 +330,12 @@ class _Lifespan:
         if isinstance(first, ConfigurationError):
             raise first
         if first["type"] == "lifespan.startup.failed":
+            # The middleware fails the lifespan start-up when its settings are invalid: raise its error itself.
+            layer = getattr(app, "middleware_stack", None) or app
+            while layer is not None:
+                if isinstance(getattr(layer, "error", None), ConfigurationError):
+                    raise layer.error
+                layer = getattr(layer, "app", None)
             raise RuntimeError(f"the app's start-up failed: {first.get('message', '')}")
         return lifespan
 
