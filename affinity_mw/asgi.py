@@ -15,8 +15,9 @@ from typing import Any
 
 from ._forwarding import forward_async
 from ._plan import ABORT, SERVE_LOCAL, Answer, Relay
-from ._scope import RequestBody, ScopeRequest, first_header
+from ._scope import RequestBody, ScopeRequest, expose, first_header
 from ._slots import AsyncPeerSlots
+from ._wsroute import WebSocketRouting
 from .config import ConfigurationError
 from .core import AffinityCore
 from .forward import BODY_TOO_LARGE, AsyncTransport, BodyLimit, BodyTooLarge, ForwardError
@@ -35,7 +36,7 @@ logger = logging.getLogger("affinity_mw")
 
 
 class AffinityMiddleware:
-    """Route each HTTP request to the node that owns its affinity key.
+    """Route each HTTP request and websocket to the node that owns its affinity key.
 
     With no keyword options everything is read from ``AFFINITY_*`` environment variables; keyword options (the
     names in ``docs/configuration.md``) win over the environment::
@@ -73,9 +74,12 @@ class AffinityMiddleware:
         self.transport: AsyncTransport = transport
         self.slots = AsyncPeerSlots(core.settings.pool_size, core.settings.pool_timeout)
         self._key_header = core.router.header_key
+        self._websockets = WebSocketRouting(core, app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":  # the same admission; then served here or relayed (_wsroute.py)
+                return await self._websockets(scope, receive, send, self._key_header)
             if scope["type"] == "lifespan":
                 receive = self._watch_lifespan(receive)
             await self.app(scope, receive, send)
@@ -102,11 +106,8 @@ class AffinityMiddleware:
     def _serve_local(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> Awaitable[None]:
         """The app's own coroutine for a request served here (the caller awaits it): no coroutine of ours in
         between unless a response header or a body limit needs one."""
-        state = scope.get("state")
-        if state is None:
-            scope["state"] = state = {}
-        state["affinity"] = decision
-        extra = self.core.serve_here(decision)
+        expose(scope, decision)
+        extra = self.core.serve_here(decision, scope["scheme"])
         if extra:
             send = _with_headers(send, extra)
         if not (self.core.max_body and _unframed(scope)):
@@ -171,6 +172,8 @@ class AffinityMiddleware:
     def _watch_lifespan(self, receive: Receive) -> Receive:
         async def wrapped() -> Message:
             message = await receive()
+            if message["type"] == "lifespan.startup":  # async ownership callbacks run on the server's loop
+                self.core.ownership.bind_loop(asyncio.get_running_loop())
             if message["type"] == "lifespan.shutdown":
                 self.core.start_draining()
                 await self.transport.aclose()
