@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from .hotkeys import HotKeys
-from .ring import hash_key
 
 __all__ = ["DEFAULT_FLOOR", "Balancer", "BoundedLoads", "Loads", "hot_status"]
 
@@ -220,14 +219,16 @@ class Balancer:
 
 def hot_status(router: Any, show_keys: bool = False, top: int = 10) -> dict[str, Any]:
     """What the status page, ``status.json`` and the metrics show of hot keys, bounded loads and shadow mode,
-    from a :class:`~affinity_mw.router.Router`. Keys are shown as the first 16 hex digits of their ring hash
-    unless ``show_keys`` (keys can be personal data; ``affinity-mw owner KEY`` prints a key's hash)."""
+    from a :class:`~affinity_mw.router.Router`. Keys are shown as their ring hash in 16 hex digits unless
+    ``show_keys`` (keys can be personal data; ``/_affinity?key=KEY`` prints a key's hash)."""
     hot: HotKeys | None = router.hot
     balancer: Balancer | None = router.balancer
     spilled_keys = balancer.spilled_keys if balancer is not None else {}
 
+    ring = router.membership.ring
+
     def name(key: str) -> str:
-        return key if show_keys else f"{hash_key(key):016x}"
+        return key if show_keys else f"{ring.key_hash(key):016x}"  # as `/_affinity?key=KEY` shows it
 
     status: dict[str, Any] = {
         "hot_keys": [

@@ -184,7 +184,7 @@ OPTIONS: tuple[Option, ...] = (
         "AFFINITY_DEBUG_HEADERS",
         False,
         _bool,
-        "`1` adds `X-Affinity-Served-By` and `X-Affinity-Owner` to responses.",
+        "`1` adds `X-Affinity-Served-By` to responses, and `X-Affinity-Owner` when the request has a key.",
     ),
     Option(
         "forwarded_headers",
@@ -299,9 +299,10 @@ OPTIONS: tuple[Option, ...] = (
         "ring",
         "AFFINITY_RING",
         "ring",
-        _choice("ring", "maglev", "rendezvous"),
-        "Who owns a key: `ring` (consistent hashing, vnodes), `maglev` (lookup table) or `rendezvous` (HRW); "
-        "every node must use the same (docs/benchmarks.md compares them).",
+        _choice("ring", "maglev", "rendezvous", "nginx"),
+        "Who owns a key: `ring` (consistent hashing, vnodes), `maglev` (lookup table), `rendezvous` (HRW) or "
+        "`nginx` (nginx's `hash $key consistent`, so an nginx in front agrees: docs/membership.md); every node "
+        "must use the same (docs/benchmarks.md compares the first three).",
     ),
     Option(
         "balance_factor",
@@ -417,6 +418,42 @@ OPTIONS: tuple[Option, ...] = (
         "Oldest signed cookie accepted, in seconds (Flask's default session lifetime).",
     ),
     Option(
+        "ws_drain_grace",
+        "AFFINITY_WS_DRAIN_GRACE",
+        5.0,
+        _float,
+        "Seconds open websockets keep going once this node drains, before they are closed with 1001.",
+    ),
+    Option(
+        "ws_on_move",
+        "AFFINITY_WS_ON_MOVE",
+        "close",
+        _choice("close", "keep"),
+        "Open websockets whose key moved to another node (one joined): `close` (1012: clients reconnect to the "
+        "new owner) or `keep`.",
+    ),
+    Option(
+        "ws_move_grace",
+        "AFFINITY_WS_MOVE_GRACE",
+        0.0,
+        _float,
+        "Seconds a websocket whose key moved keeps going before `ws_on_move=close` closes it.",
+    ),
+    Option(
+        "ws_ping",
+        "AFFINITY_WS_PING",
+        5.0,
+        _float,
+        "Seconds between pings on a relayed websocket's leg to the owner, and to wait for each answer (0: none).",
+    ),
+    Option(
+        "ws_max_size",
+        "AFFINITY_WS_MAX_SIZE",
+        16 * 1024 * 1024,
+        _int,
+        "Largest websocket message relayed from an owner, in bytes (uvicorn's own default limit).",
+    ),
+    Option(
         "generated_cookie_max_age",
         "AFFINITY_GENERATED_COOKIE_MAX_AGE",
         24 * 3600,
@@ -511,6 +548,11 @@ class Settings:
     cookie_secret: tuple[str | bytes, ...] = ()
     cookie_salt: str = "cookie-session"
     cookie_max_age: int = 31 * 24 * 3600
+    ws_drain_grace: float = 5.0
+    ws_on_move: str = "close"
+    ws_move_grace: float = 0.0
+    ws_ping: float = 5.0
+    ws_max_size: int = 16 * 1024 * 1024
     generated_cookie_max_age: int = 24 * 3600
     generated_cookie_secure: bool | None = None
     generated_cookie_http_only: bool = True
@@ -566,6 +608,7 @@ class Settings:
             "max_key_length",
             "cookie_max_age",
             "generated_cookie_max_age",
+            "ws_max_size",
             "eject_after",
             "max_header_bytes",
         )
@@ -587,7 +630,17 @@ class Settings:
                 RoutePolicy.parse(self.routes)
             except ValueError as exc:
                 errors.append(str(exc))
-        for name in ("ring", "transport", "no_key", "fallback", "mode"):  # keyword values skip the env parsers' checks
+        for name in ("ws_drain_grace", "ws_move_grace", "ws_ping"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name} ({_BY_NAME[name].env}) must be 0 or more seconds")
+        for name in (
+            "ring",
+            "transport",
+            "no_key",
+            "fallback",
+            "ws_on_move",
+            "mode",
+        ):  # keyword values skip the env checks
             option = _BY_NAME[name]
             try:
                 option.parse(str(getattr(self, name)))

@@ -65,6 +65,10 @@ COUNTERS: dict[str, tuple[str, str]] = {
         "affinity_shadow_forwards_total",
         "Requests routing would have forwarded, served here (AFFINITY_MODE=shadow).",
     ),
+    "cookies_issued": (
+        "affinity_cookies_issued_total",
+        "Generated affinity cookies set on responses to requests that carried no key.",
+    ),
 }
 
 
@@ -110,9 +114,10 @@ class Metrics:
         self.latency: dict[str, LatencyHistogram] = {}
         self._lock = threading.Lock()
         self.clock: Callable[[], float] = time.monotonic
-        # (time, on the owner, served) as seen by earlier reads of the locality ratio, oldest first; the process
-        # start is older than any window, whatever ``clock`` reads (tests and embedders may replace it).
-        self._readings: deque[tuple[float, int, int]] = deque([(float("-inf"), 0, 0)])
+        # (time, (on the owner, served, edge agreed, edge sent)) as seen by earlier reads of the windowed ratios,
+        # oldest first; the process start is older than any window, whatever ``clock`` reads (tests and embedders
+        # may replace it).
+        self._readings: deque[tuple[float, tuple[int, ...]]] = deque([(float("-inf"), (0, 0, 0, 0))])
 
     def observe_forward(self, peer: str, seconds: float) -> None:
         histogram = self.latency.get(peer)
@@ -128,25 +133,44 @@ class Metrics:
         The baseline is the newest earlier reading at least a window old (the figure then covers the window plus
         at most one scrape interval), else the oldest one kept: process start, for a young process.
         """
+        on_owner, served, _, _ = self._window()
+        return on_owner / served if served else None
+
+    def edge_agreement(self) -> float | None:
+        """Share of the keyed requests that reached this node from outside the cluster (a front proxy, a client,
+        a load balancer: no hop marker) in about the last ``LOCALITY_WINDOW`` seconds that this node owns, so
+        served without a hop; the rest it forwarded. 1.0 means the edge agrees with the ring (None: no requests).
+
+        A key whose owner is down or set aside is not counted either way: where the edge sends it is a failover.
+        """
+        _, _, agreed, sent = self._window()
+        return agreed / sent if sent else None
+
+    def _window(self) -> tuple[int, ...]:
+        """The windowed changes of (on the owner, served, edge agreed, edge sent), reading the counters once."""
         c = self.counters
-        on_owner = c["local_owner"] + c["hop"] - c["misroute"]
-        served = c["local_owner"] + c["hop"] + c["failover"] + c["fallback"] + c["local_spill"]
+        now_values = (
+            c["local_owner"] + c["hop"] - c["misroute"],
+            c["local_owner"] + c["hop"] + c["failover"] + c["fallback"] + c["local_spill"],
+            c["local_owner"],
+            c["local_owner"] + c["forwarded"],
+        )
         now = self.clock()
         with self._lock:
             readings = self._readings
             while len(readings) > 1 and readings[1][0] <= now - LOCALITY_WINDOW:
                 readings.popleft()
-            _, base_on_owner, base_served = readings[0]
+            base = readings[0][1]
             if now - readings[-1][0] >= 1.0:
-                readings.append((now, on_owner, served))
-        served -= base_served
-        return (on_owner - base_on_owner) / served if served else None
+                readings.append((now, now_values))
+        return tuple(value - old for value, old in zip(now_values, base, strict=True))
 
     def snapshot(self) -> dict[str, Any]:
         ring = self.membership.ring
         return {
             "counters": {key: self.counters[key] for key in COUNTERS},
             "locality_ratio": self.locality_ratio(),
+            "edge_agreement": self.edge_agreement(),
             "ring_checksum": ring.checksum,
             "ring_members": len(ring),
             "peer_ejections": self.health.ejections_total,
@@ -204,6 +228,13 @@ class Metrics:
         for peer, count in (hot["balance"] or {}).get("spilled_to", {}).items():
             spilled.add_metric([peer], count)
         yield spilled
+        agreement = self.edge_agreement()
+        yield GaugeMetricFamily(
+            "affinity_edge_agreement_ratio",
+            f"Share of keyed requests that reached this node without a hop in about the last {LOCALITY_WINDOW:.0f} s "
+            "that it owns: how often the front proxy or caller agrees with the ring (1 without any).",
+            value=1.0 if agreement is None else agreement,
+        )
         histogram = HistogramMetricFamily(
             "affinity_forward_duration_seconds",
             "Time from sending a forward to the peer's response headers.",

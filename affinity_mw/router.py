@@ -17,7 +17,7 @@ from .hop import HopMarker, HopSigner
 from .hotkeys import HotKeys
 from .keys import Extractor, plain_header_name
 from .request import RequestView
-from .ring import Node, Ring, hash_key
+from .ring import Node, Ring
 from .routes import RoutePolicy
 
 __all__ = ["FORWARD", "LOCAL", "REJECT", "Decision", "Router"]
@@ -348,7 +348,7 @@ class Router:
         self_id = membership.self_id
         self._generation(ring, self_id)
         shares = balancer.shares(ring)
-        key_hash = self._hash(key)
+        key_hash = self._hash(key, ring)
         health = self.health
         order = list(ring.successors(key_hash))
         if health.any_ejected:  # set-aside peers are skipped as if they had left the ring, as in _route
@@ -407,7 +407,7 @@ class Router:
             decision.self_is_next = planned[3]
             counters["forwarded"] += 1
             return decision
-        key_hash = self._hash(key)
+        key_hash = self._hash(key, ring)
         owner = ring.owner(key_hash)
         if owner is None or owner.id == self_id:
             counters["local_owner"] += 1
@@ -455,20 +455,23 @@ class Router:
             self.health.forget(node.id for node in ring.nodes)  # peers that left the ring: their health too
         return cache
 
-    def _hash(self, key: str) -> int:
-        """``hash_key(key)`` through a bounded memo: hot keys repeat, and blake2b is most of a lookup's cost."""
+    def _hash(self, key: str, ring: Ring) -> int:
+        """``ring.key_hash(key)`` through a bounded memo: hot keys repeat, and blake2b is most of a lookup's cost.
+
+        One memo serves every ring of the process: they are all of the one configured algorithm (``AFFINITY_RING``),
+        so they hash a key alike (blake2b; CRC32 for ``nginx``)."""
         key_hash = self._hashes.get(key)
         if key_hash is None:
             if len(self._hashes) >= _HASH_CACHE_SIZE:
                 self._hashes.clear()
-            key_hash = self._hashes[key] = hash_key(key)
+            key_hash = self._hashes[key] = ring.key_hash(key)
         return key_hash
 
     def _hop(self, ring: Ring, key: str | None, marker: HopMarker, self_id: str | None) -> Decision:
         """A peer routed this here: serve it whatever our ring says, and record any disagreement."""
         counters = self.counters
         counters["hop"] += 1
-        key_hash = self._hash(key) if key is not None else None
+        key_hash = self._hash(key, ring) if key is not None else None
         owner = ring.owner(key_hash) if key_hash is not None else None
         decision = Decision(LOCAL, "hop", ring, key, key_hash, owner, marker=marker)
         if key_hash != marker.key_hash:

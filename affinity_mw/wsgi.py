@@ -113,7 +113,7 @@ class AffinityWSGIMiddleware:
         app = self.app
         if self.core.max_body and "HTTP_TRANSFER_ENCODING" in environ:
             app = functools.partial(_limited_app, app, self.core.max_body)
-        raw = self.core.serve_here(decision)
+        raw = self.core.serve_here(decision, environ.get("wsgi.url_scheme", "http"))
         if raw:
             extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
 
