@@ -305,9 +305,8 @@ class Router:
         return cache.excluded
 
     def route(self, key: str | None) -> Decision:
-        """Where a request with ``key`` goes when no peer has routed it yet: :meth:`_route`'s answer, after the
-        key is counted for the hot keys; with bounded loads, a heavy key may go to a successor instead
-        (:meth:`_spread`); in shadow mode, a forward is counted and served here."""
+        """Where a request with ``key`` goes when no peer has routed it yet: :meth:`_route`'s answer after the key
+        is counted, or with bounded loads a successor's (:meth:`_spread`); in shadow mode served here all the same."""
         hot = self.hot
         if hot is None or key is None:
             decision = self._route(key)
