@@ -18,6 +18,7 @@ from ._plan import ABORT, SERVE_LOCAL, Answer, Relay
 from ._scope import RequestBody, ScopeRequest, expose, first_header
 from ._slots import AsyncPeerSlots
 from ._wsroute import WebSocketRouting
+from .config import ConfigurationError
 from .core import AffinityCore
 from .forward import BODY_TOO_LARGE, AsyncTransport, BodyLimit, BodyTooLarge, ForwardError
 from .router import LOCAL, Decision
@@ -56,7 +57,15 @@ class AffinityMiddleware:
 
     def __init__(self, app: ASGIApp, *, transport: Any = None, membership: Any = None, **options: Any) -> None:
         self.app = app
-        self.core = core = AffinityCore(membership=membership, **options)
+        try:
+            self.core = core = AffinityCore(membership=membership, **options)
+        except ConfigurationError as exc:
+            if not _server_running():
+                raise
+            # A running server is building us: Starlette builds its middleware in its first call, the lifespan's,
+            # where uvicorn's default --lifespan auto takes an exception for "no lifespan support" and serves on.
+            self.__class__, self.error = _FailedStartup, exc
+            return
         options = core.transport_options()
         if transport is None:
             transport = async_transport(core.settings.transport, **options)
@@ -171,6 +180,27 @@ class AffinityMiddleware:
             return message
 
         return wrapped
+
+
+class _FailedStartup(AffinityMiddleware):
+    """An AffinityMiddleware whose settings are invalid: it fails the lifespan start-up with the message, which
+    ASGI servers treat as a start-up failure and exit on, and raises it for any request (``--lifespan off``)."""
+
+    error: ConfigurationError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            raise self.error
+        if (await receive())["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.failed", "message": str(self.error)})
+
+
+def _server_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class _LimitedBody:

@@ -178,7 +178,7 @@ OPTIONS: tuple[Option, ...] = (
         "AFFINITY_DEBUG_HEADERS",
         False,
         _bool,
-        "`1` adds `X-Affinity-Served-By` and `X-Affinity-Owner` to responses.",
+        "`1` adds `X-Affinity-Served-By` to responses, and `X-Affinity-Owner` when the request has a key.",
     ),
     Option(
         "forwarded_headers",
