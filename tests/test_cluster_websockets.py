@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from affinity_mw.devdns import DnsServer
-from affinity_mw.introspect import AUTH_HEADER, sign_request
+from affinity_mw.introspect import AUTH_HEADER, sign_drain, sign_request
 from affinity_mw.membership import StaticMembership
 
 MIB = 1024 * 1024
@@ -215,7 +215,7 @@ def test_draining_closes_open_websockets_with_1001_and_sends_new_ones_elsewhere(
             assert hello(direct)["node"] == hello(relayed)["node"] == owner
             drained = httpx.post(
                 f"{owner}/_affinity/health/drain",
-                headers={AUTH_HEADER: sign_request(SECRET)},
+                headers={AUTH_HEADER: sign_drain(SECRET, owner)},
                 trust_env=False,
                 timeout=5,
             )
