@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: setup test lint demo bench bench-hot bench-instructions reliability clean
+.PHONY: setup test lint structure demo bench bench-hot bench-instructions reliability clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy affinity_mw
+	$(BIN)/python scripts/check_structure.py
+
+# Every module's length and every import cycle among them (all imports counted); exits 1 on a cycle.
+structure: $(STAMP)
+	$(BIN)/python scripts/check_structure.py
 
 test: lint
 	bash scripts/system-deps.sh

@@ -1,36 +1,74 @@
-"""What every adapter builds once at start-up: settings, membership, hop signer, router and policies.
+"""The composition root: settings, membership, hop signer, health, router, metrics and forwarding, built once;
+and the admission step every adapter sends each request through.
 
-The ASGI, WSGI, Flask and Django adapters differ only in how they read a request and move bytes. Everything
-else, and every decision that does no I/O, is here or in :mod:`~affinity_mw.router` and
-:mod:`~affinity_mw.forward`, so the adapters cannot drift apart.
+The ASGI and WSGI adapters differ only in how they read a request and move bytes. Each hands
+:meth:`AffinityCore.admit` a request view and gets back a :class:`~affinity_mw.router.Decision` or a ready
+:class:`~affinity_mw._forwarding.Answer`; a forward decision then goes to ``forward_async`` or ``forward_sync``
+(:mod:`affinity_mw._forwarding`). Nothing below this module holds the whole core: each part is given what it
+reads (``docs/design.md``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
+from ._plan import Answer, Forwarding, RetryBudget, debug_headers
 from .config import Settings
-from .forward import BODY_TOO_LARGE, DRAINING_HEADER, HEADERS_TOO_LARGE, BodyLimit, ForwardPlan, Headers
+from .forward import BODY_TOO_LARGE, DRAINING_HEADER, HEADERS_TOO_LARGE, Headers
 from .health import PeerHealth, answers_200
-from .hop import HopSigner
+from .hop import HopMarker, HopSigner
 from .introspect import AUTH_HEADER, Introspection
 from .membership import membership_from_settings
 from .metrics import Metrics
-from .router import Decision, Router
+from .request import RequestView
+from .router import REJECT, Decision, Router
 
-__all__ = ["DRAINING", "NO_KEY_REJECTED", "OWNER_HEADER", "SERVED_BY_HEADER", "AffinityCore"]
+__all__ = ["AffinityCore", "Incoming"]
 
 logger = logging.getLogger("affinity_mw")
 _JSON = "application/json"
 
-SERVED_BY_HEADER = b"x-affinity-served-by"
-OWNER_HEADER = b"x-affinity-owner"
-DRAINING = (DRAINING_HEADER, b"1")
-NO_KEY_REJECTED = (400, b"This request carries no affinity key (AFFINITY_NO_KEY=reject).\n")
+_DRAINING = (DRAINING_HEADER, b"1")
+_NO_KEY_REJECTED = Answer(400, b"This request carries no affinity key (AFFINITY_NO_KEY=reject).\n")
+
+
+class Incoming(Protocol):
+    """What admission reads of a request: an adapter's view over its scope or environ.
+
+    The adapter scans the headers once when it builds the view: ``header_bytes`` (names plus values), whether any
+    ``X-Affinity-*`` header came (``internal``), the raw hop marker (``hop_token``) and the first value of the
+    router's plain key header (``key_value``, when the key is one). :meth:`restore` strips our headers and, on a
+    hop, shows the request as the first node saw it; it updates ``header_bytes`` and ``key_value``.
+    """
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def header_bytes(self) -> int: ...
+    @property
+    def internal(self) -> bool: ...
+    @property
+    def hop_token(self) -> bytes | None: ...
+    @property
+    def key_value(self) -> bytes | str | None: ...
+    @property
+    def client_host(self) -> str | None: ...
+    @property
+    def query(self) -> str: ...
+
+    def restore(self, marker: HopMarker | None) -> None: ...
+
+    def content_length(self) -> bytes | str | None: ...
+
+    def header(self, name: str) -> str | None: ...
+
+    def view(self) -> RequestView: ...
 
 
 class AffinityCore:
@@ -55,7 +93,7 @@ class AffinityCore:
             check=self._answers_health_path,
             interval=checks,
         )
-        self.router = Router(
+        self.router = router = Router(
             membership=membership,
             extractor=settings.extractor,
             signer=self.signer,
@@ -64,24 +102,47 @@ class AffinityCore:
             max_key_length=settings.max_key_length,
             health=self.health,
         )
-        self.counters = self.router.counters
-        self.metrics = Metrics(self)
+        self.counters = router.counters
+        self.draining = False
+        is_draining = self._is_draining
+        self.metrics = Metrics(counters=self.counters, membership=membership, health=self.health, draining=is_draining)
         self.debug_headers = settings.debug_headers
         self.fallback_local = settings.fallback == "local"
         self.health_path = settings.health_path
         self.max_header_bytes = settings.max_header_bytes
         self.max_body = settings.max_body
-        self.introspection = Introspection(self)
-        # Adapters test request paths against these with one str.startswith before routing anything.
+        self.introspection = Introspection(
+            settings=settings, membership=membership, health=self.health, metrics=self.metrics, draining=is_draining
+        )
+        # Admission tests request paths against these with one str.startswith before routing anything.
         self.internal_prefixes = tuple(p for p in (settings.health_path, self.introspection.path) if p)
-        self.draining = False
-        # [forwards in flight, of which retries]: the retry budget's inputs, per worker process.
-        self.inflight = [0, 0]
-        self.inflight_lock = threading.Lock()
+        self.budget = RetryBudget()
+        # Settings requires a secret whenever there is a peer to forward to: no signer, no forwarding.
+        self.forwarding = (
+            Forwarding(
+                membership=membership,
+                signer=self.signer,
+                health=self.health,
+                budget=self.budget,
+                observe=self.metrics.observe_forward,
+                counters=self.counters,
+                after_failover=functools.partial(router.serve_after_failover, fallback_local=self.fallback_local),
+                read_timeout=settings.read_timeout,
+                deadline=settings.deadline,
+                forwarded_headers=settings.forwarded_headers,
+                max_body=settings.max_body,
+                debug_headers=settings.debug_headers,
+            )
+            if self.signer is not None
+            else None
+        )
 
     @property
     def self_id(self) -> str | None:
         return self.membership.self_id  # type: ignore[no-any-return]
+
+    def _is_draining(self) -> bool:
+        return self.draining
 
     def transport_options(self) -> dict[str, Any]:
         s = self.settings
@@ -92,15 +153,55 @@ class AffinityCore:
             "read_timeout": s.read_timeout,
         }
 
-    def plan(
-        self, decision: Decision, headers: Sequence[tuple[bytes, bytes]], client: tuple[str, int] | None, scheme: str
-    ) -> ForwardPlan:
-        if self.signer is None:  # Settings requires a secret whenever there is a peer to forward to
-            raise RuntimeError("affinity-mw cannot forward without AFFINITY_SECRET")
-        return ForwardPlan(self, decision, headers, client, scheme)
+    def admit(self, request: Incoming) -> Decision | Answer:
+        """The one admission step: the middleware's own paths, then (on the request as the first node saw it) the
+        431/413 refusals, then the routing decision. A ``"local"`` or ``"forward"`` decision, or a ready answer.
+
+        Route policy and a load view belong in the router's decision, not here: admission only decides whether a
+        request may be routed at all.
+        """
+        path = request.path
+        prefixes = self.internal_prefixes
+        if prefixes and path.startswith(prefixes):
+            answer = self.internal_response(request.method, path, request.client_host, request.query, request.header)
+            if answer is not None:
+                return Answer(*answer)
+        router = self.router
+        token = request.hop_token
+        marker = router.check_marker(token) if token is not None else None
+        if request.internal:
+            # Strip our headers, and on a hop show the request as the first node saw it: the key is then
+            # extracted from the same request on both nodes (an `ip` key included).
+            request.restore(marker)
+        header_bytes = request.header_bytes
+        if header_bytes > self.max_header_bytes or self.max_body:
+            refusal = self.refusal(header_bytes, request.content_length() if self.max_body else None)
+            if refusal is not None:  # before routing: the same answer whichever node owns the key
+                return Answer(*refusal)
+        if router.header_key is not None:
+            if marker is None:
+                decision = router.decide_by_header(request.key_value, request.method, path)
+            else:
+                decision = router.hop_by_header(request.key_value, marker, request.method, path)
+        else:
+            decision = router.decide(request.view(), marker)
+        if decision.action == REJECT:
+            return _NO_KEY_REJECTED
+        return decision
+
+    def serve_here(self, decision: Decision) -> Headers | None:
+        """Record that this node serves ``decision``; the response headers to add, if any (debug, draining)."""
+        if decision.served_by != self.membership.self_id:  # cached local decisions are shared: no write in steady state
+            decision.served_by = self.membership.self_id
+        if not (self.debug_headers or self.draining):
+            return None
+        extra = debug_headers(decision, self.membership.self_id) if self.debug_headers else []
+        if self.draining:
+            extra.append(_DRAINING)
+        return extra
 
     def refusal(self, header_bytes: int, content_length: bytes | str | None) -> tuple[int, bytes] | None:
-        """The 431 or 413 a request gets before routing (DESIGN.md 6.14), or ``None`` to go on.
+        """The 431 or 413 a request gets before routing, or ``None`` to go on.
 
         ``header_bytes`` is the sum of the name and value lengths of the request's header lines, as the first
         node saw them (on a hop, measured after the forwarder's own headers were removed), so the answer never
@@ -117,16 +218,6 @@ class AffinityCore:
             if declared > self.max_body:
                 return BODY_TOO_LARGE
         return None
-
-    def body_limit(self) -> BodyLimit | None:
-        """A counter for one streamed request body, or ``None`` when ``max_body`` is 0 (no limit)."""
-        return BodyLimit(self.max_body) if self.max_body else None
-
-    def debug_headers_for(self, decision: Decision) -> Headers:
-        """``X-Affinity-Served-By`` and ``X-Affinity-Owner`` for a response this node produced or relayed."""
-        served_by = (decision.served_by or self.self_id or "").encode("latin-1")
-        owner = decision.owner.id.encode("latin-1") if decision.owner else b""
-        return [(SERVED_BY_HEADER, served_by), (OWNER_HEADER, owner)]
 
     def start_draining(self) -> None:
         """Shutting down: answer the health path with 503 and mark every response, so load balancers and peers

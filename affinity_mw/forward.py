@@ -16,29 +16,21 @@ Header handling is a security boundary, so it lives in one place for ASGI and WS
   decoded (``Content-Encoding`` stays the owner's).
 
 The network client sits behind :class:`AsyncTransport` (ASGI) or :class:`SyncTransport` (WSGI); the
-implementations are in :mod:`affinity_mw.transports`.
+implementations are in :mod:`affinity_mw.transports`. What a failed attempt means is decided in
+:mod:`affinity_mw._forwarding` (``docs/design.md``).
 """
 
 from __future__ import annotations
 
-import logging
-import random
-import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from typing import Protocol
 
-from .hop import HOP_HEADER, INTERNAL_SPELLINGS
-from .ring import Node
-
-if TYPE_CHECKING:
-    from .core import AffinityCore
-    from .router import Decision
+from .hop import INTERNAL_SPELLINGS
 
 __all__ = [
     "AsyncTransport",
     "ConnectFailed",
     "ForwardError",
-    "ForwardPlan",
     "SendFailed",
     "SyncTransport",
     "SyncUpstreamResponse",
@@ -51,7 +43,6 @@ __all__ = [
 ]
 
 Headers = list[tuple[bytes, bytes]]
-logger = logging.getLogger("affinity_mw")
 
 HOP_BY_HOP = frozenset(
     {
@@ -108,8 +99,8 @@ class BodyTooLarge(ClientGone):
 
 
 class BodyLimit:
-    """Counts a streamed request body against ``max_body`` (DESIGN.md 6.14); one per request, shared by every
-    adapter. :meth:`add` raises :class:`BodyTooLarge` once the running total passes the limit."""
+    """Counts a streamed request body against ``max_body`` (413 rather than an unbounded upload); one per request,
+    shared by every adapter. :meth:`add` raises :class:`BodyTooLarge` once the running total passes the limit."""
 
     __slots__ = ("limit", "over", "seen")
 
@@ -215,11 +206,6 @@ def request_headers(
     return out, added
 
 
-# The headers :func:`restore_forwarded` may change besides our internal ones: a key read from any other header is
-# the same before and after restoring (the router relies on this for its fast path on a hop).
-RESTORED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
-
-
 def restore_forwarded(headers: Sequence[tuple[bytes, bytes]], added: str) -> Headers:
     """Undo what :func:`request_headers` added, and drop internal headers, for the owner's app."""
     out: Headers = []
@@ -298,191 +284,6 @@ BAD_FRAMING = (400, b"The request's Content-Length and Transfer-Encoding conflic
 POOL_EXHAUSTED = (503, b"The key's owner is busy; retry shortly.\n")
 HEADERS_TOO_LARGE = (431, b"The request's header fields are too large (AFFINITY_MAX_HEADER_BYTES).\n")
 BODY_TOO_LARGE = (413, b"The request body is too large (AFFINITY_MAX_BODY).\n")
-
-
-class ForwardPlan:
-    """One forward, without I/O: the request each attempt sends and what each failure means.
-
-    The ASGI and WSGI adapters differ only in how they send bytes; the failover rules (DESIGN.md section 6) live
-    here once:
-
-    * Refused or not accepted in time (nothing sent): the next candidate, for any method, as if the dead node had
-      left the ring.
-    * Broken after sending, before response headers: one retry on the next candidate, only for an idempotent
-      method whose body was not streamed (a POST is never sent twice), only within the retry budget (at most
-      ``max(3, 20%)`` of the forwards in flight are retries, as Envoy's default budget) and after a jittered
-      backoff (up to 25 ms).
-    * No response headers in time, or the overall deadline spent: 504. A response that cannot be parsed: 502.
-
-    Only gateway failures (refused, reset, timed out, 502/503/504) count toward setting a peer aside: a client that
-    aborts its upload, or an app that answers 500, says nothing about the peer's health. Use as a context manager
-    so the in-flight counts the budget relies on stay exact.
-    """
-
-    __slots__ = (
-        "_retrying",
-        "_sent_at",
-        "added",
-        "backoff",
-        "client",
-        "core",
-        "deadline",
-        "decision",
-        "headers",
-        "retried",
-        "scheme",
-    )
-
-    def __init__(
-        self,
-        core: AffinityCore,
-        decision: Decision,
-        headers: Sequence[tuple[bytes, bytes]],
-        client: tuple[str, int] | None,
-        scheme: str,
-    ) -> None:
-        self.core = core
-        self.decision = decision
-        self.client = client
-        self.scheme = scheme
-        self.headers, self.added = request_headers(
-            headers,
-            client_host=client[0] if client else None,
-            scheme=scheme,
-            forwarded=core.settings.forwarded_headers,
-        )
-        self.retried = False
-        self._retrying = False
-        self.backoff = 0.0
-        self._sent_at = 0.0
-        self.deadline = time.monotonic() + core.settings.deadline
-
-    def __enter__(self) -> ForwardPlan:
-        with self.core.inflight_lock:
-            self.core.inflight[0] += 1
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        inflight = self.core.inflight
-        with self.core.inflight_lock:
-            inflight[0] -= 1
-            if self._retrying:
-                inflight[1] -= 1
-
-    def remaining(self) -> float:
-        """Seconds left of the overall deadline that covers every attempt until response headers."""
-        return self.deadline - time.monotonic()
-
-    def attempts(
-        self,
-        method: str,
-        target: str,
-        content_length: int | None,
-        body: Callable[[], AsyncIterable[bytes] | Iterable[bytes]] | None,
-    ) -> Iterator[tuple[Node, UpstreamRequest]]:
-        """Each candidate in failover order, with the request for that attempt: the upstream headers, a fresh
-        marker, a fresh body iterator from ``body`` (it refuses a second read once the first began), and a wait
-        for response headers bounded by what is left of the overall deadline."""
-        decision = self.decision
-        core = self.core
-        assert decision.key_hash is not None and core.signer is not None  # a forward decision has both
-        for node in decision.candidates:
-            if self.remaining() <= 0:
-                return
-            decision.attempts += 1
-            marker = core.signer.sign(
-                sender=core.self_id or "",
-                key_hash=decision.key_hash,
-                ring_checksum=decision.ring.checksum,
-                attempt=decision.attempts,
-                client=self.client,
-                scheme=self.scheme,
-                added=self.added,
-            )
-            request = UpstreamRequest(
-                method,
-                node.address,
-                target,
-                [*self.headers, (HOP_HEADER, marker)],
-                body() if body is not None else None,
-                content_length,
-                min(core.settings.read_timeout, self.remaining()),
-            )
-            self._sent_at = time.perf_counter()
-            yield node, request
-
-    def failed(self, node: Node, exc: ForwardError, method: str, body_started: bool) -> tuple[int, bytes] | None:
-        """``None`` to go on to the next candidate (after ``backoff`` seconds), else the status and text to answer
-        the client with."""
-        core = self.core
-        core.counters["forward_errors"] += 1
-        self.backoff = 0.0
-        if isinstance(exc, Unforwardable):
-            return 400, b"The request cannot be forwarded: a control character in its target or a header.\n"
-        if isinstance(exc, BadResponse):
-            logger.warning("affinity-mw: %s sent a response that cannot be relayed (%s)", node.id, exc)
-            return 502, b"The key's owner sent a response that cannot be relayed.\n"
-        core.health.failure(node.id)
-        if isinstance(exc, UpstreamTimeout):
-            logger.warning("affinity-mw: %s did not answer in time (%s)", node.id, exc)
-            return GATEWAY_TIMEOUT
-        if isinstance(exc, ConnectFailed):
-            warn_rate_limited(node.id, "affinity-mw: cannot connect to %s (%s); trying the next owner", exc)
-            if body_started:
-                return 502, b"The key's owner failed while receiving the request body.\n"
-            return None
-        inflight = core.inflight
-        retry = False
-        if method in IDEMPOTENT and not body_started and not self.retried and self.remaining() > 0:
-            # Check and take a place in the budget at once: gthread workers run many plans on threads.
-            with core.inflight_lock:
-                retry = inflight[1] < max(3, 0.2 * inflight[0])
-                if retry:
-                    inflight[1] += 1
-        if retry:
-            logger.warning("affinity-mw: %s failed before answering (%s); retrying once", node.id, exc)
-            self.retried = self._retrying = True
-            core.counters["retries"] += 1
-            self.backoff = random.uniform(0, 0.025)
-            return None
-        logger.warning("affinity-mw: %s failed before answering (%s)", node.id, exc)
-        return 502, b"The key's owner failed before answering.\n"
-
-    def exhausted(self) -> tuple[int, bytes]:
-        """What to answer when no attempt produced a response and serving here is not an option."""
-        return GATEWAY_TIMEOUT if self.remaining() <= 0 else CANNOT_REACH
-
-    def answered(self, node: Node, status: int, headers: Headers) -> Headers:
-        """Record a peer's answer for health, and return its headers minus our internal draining signal.
-
-        A 502/503/504 counts toward ejection (Envoy's consecutive gateway failures); ``X-Affinity-Draining`` sets
-        the peer aside at once so new keys stop going to a node that is shutting down. The response itself is
-        relayed as it is: it is a real answer to this request.
-        """
-        core = self.core
-        core.metrics.observe_forward(node.id, time.perf_counter() - self._sent_at)
-        if status in (502, 503, 504):
-            core.health.failure(node.id)
-        else:
-            core.health.success(node.id)
-        for name, _ in headers:
-            if name == DRAINING_HEADER:
-                core.health.draining(node.id)
-                headers = [(name, value) for name, value in headers if name != DRAINING_HEADER]
-                break
-        self.decision.served_by = node.id
-        return headers
-
-
-_last_warned: dict[str, float] = {}
-
-
-def warn_rate_limited(peer: str, message: str, exc: BaseException) -> None:
-    """One warning per peer per 10 s: a dead peer must not turn every forwarded request into a log line."""
-    now = time.monotonic()
-    if now - _last_warned.get(peer, -1e9) >= 10.0:
-        _last_warned[peer] = now
-        logger.warning(message, peer, exc)
 
 
 class UpstreamRequest:

@@ -38,9 +38,16 @@ def sign_request(secret_keys: str | list[str] | tuple[str, ...]) -> str:
 
 
 class Introspection:
-    def __init__(self, core: Any) -> None:
-        self.core = core
-        settings = core.settings
+    """The introspection path's answers, from what it reads: settings, membership, peer health, metrics, and
+    whether this node drains."""
+
+    def __init__(
+        self, *, settings: Any, membership: Any, health: Any, metrics: Any, draining: Callable[[], bool]
+    ) -> None:
+        self.membership = membership
+        self.health = health
+        self.metrics = metrics
+        self.draining = draining
         self.path = settings.introspection_path.rstrip("/")
         parts = [p.strip().lower() for p in settings.introspection.split(",") if p.strip()]
         self.off = "off" in parts
@@ -85,7 +92,7 @@ class Introspection:
         sub = path[len(self.path) :]
         if sub == "/metrics":
             try:
-                return 200, self.core.metrics.prometheus_text(), "text/plain; version=0.0.4; charset=utf-8"
+                return 200, self.metrics.prometheus_text(), "text/plain; version=0.0.4; charset=utf-8"
             except ImportError:
                 return (
                     501,
@@ -93,7 +100,7 @@ class Introspection:
                     "text/plain",
                 )
         if sub == "/metrics.json":
-            return _json(self.core.metrics.snapshot())
+            return _json(self.metrics.snapshot())
         if sub not in ("", "/", "/status.json"):
             return 404, b'{"error": "unknown introspection path"}\n', "application/json"
         key = parse_qs(query).get("key", [None])[0]
@@ -104,11 +111,11 @@ class Introspection:
         return _json(self.status())
 
     def owner_of(self, key: str) -> dict[str, Any]:
-        core = self.core
-        ring = core.membership.ring
+        self_id = self.membership.self_id
+        ring = self.membership.ring
         key_hash = hash_key(key)
         order = ring.successors(key_hash)
-        usable = [n.id for n in order if n.id == core.self_id or core.health.usable(n.id)]
+        usable = [n.id for n in order if n.id == self_id or self.health.usable(n.id)]
         return {
             "key": key,
             "key_hash": f"{key_hash:016x}",
@@ -116,20 +123,20 @@ class Introspection:
             "failover_order": [n.id for n in order],
             "serves_now": usable[0] if usable else None,
             "ring_checksum": ring.checksum,
-            "asked": core.self_id,
+            "asked": self_id,
         }
 
     def status(self) -> dict[str, Any]:
-        core = self.core
-        ring = core.membership.ring
+        self_id = self.membership.self_id
+        draining = self.draining()
+        ring = self.membership.ring
         shares = ring.shares()
-        set_aside = core.health.ejected()
+        set_aside = self.health.ejected()
         members = []
         for node in ring.nodes:
-            if node.id == core.self_id:
-                state = "draining" if core.draining else "self"
-            else:
-                state = set_aside.get(node.id, "ok")
+            state = set_aside.get(node.id, "ok")
+            if node.id == self_id:
+                state = "draining" if draining else "self"
             members.append(
                 {
                     "id": node.id,
@@ -139,15 +146,15 @@ class Introspection:
                     "health": state,
                 }
             )
-        metrics = core.metrics.snapshot()
+        metrics = self.metrics.snapshot()
         return {
-            "node": core.self_id,
-            "status": "draining" if core.draining else "ok",
+            "node": self_id,
+            "status": "draining" if draining else "ok",
             "ring": {"checksum": ring.checksum, "vnodes": ring.vnodes, "members": members},
             "counters": metrics["counters"],
             "locality_ratio": metrics["locality_ratio"],
             "peer_ejections": metrics["peer_ejections"],
-            "membership": getattr(core.membership, "stats", None),
+            "membership": getattr(self.membership, "stats", None),
         }
 
 

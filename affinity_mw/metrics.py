@@ -19,7 +19,7 @@ import bisect
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 __all__ = ["BUCKETS", "COUNTERS", "LOCALITY_WINDOW", "LatencyHistogram", "Metrics"]
@@ -82,15 +82,22 @@ class LatencyHistogram:
 
 
 class Metrics:
-    """Reads the router's counters, peer health and membership; owns the per-peer latency histograms."""
+    """Reads the router's counters, peer health, membership and whether this node drains; owns the per-peer
+    latency histograms."""
 
-    def __init__(self, core: Any) -> None:
-        self.core = core
+    def __init__(
+        self, *, counters: Mapping[str, int], membership: Any, health: Any, draining: Callable[[], bool]
+    ) -> None:
+        self.counters = counters
+        self.membership = membership
+        self.health = health
+        self.draining = draining
         self.latency: dict[str, LatencyHistogram] = {}
         self._lock = threading.Lock()
         self.clock: Callable[[], float] = time.monotonic
-        # (time, on the owner, served) as seen by earlier reads of the locality ratio, oldest first.
-        self._readings: deque[tuple[float, int, int]] = deque([(self.clock(), 0, 0)])
+        # (time, on the owner, served) as seen by earlier reads of the locality ratio, oldest first; the process
+        # start is older than any window, whatever ``clock`` reads (tests and embedders may replace it).
+        self._readings: deque[tuple[float, int, int]] = deque([(float("-inf"), 0, 0)])
 
     def observe_forward(self, peer: str, seconds: float) -> None:
         histogram = self.latency.get(peer)
@@ -106,7 +113,7 @@ class Metrics:
         The baseline is the newest earlier reading at least a window old (the figure then covers the window plus
         at most one scrape interval), else the oldest one kept: process start, for a young process.
         """
-        c = self.core.counters
+        c = self.counters
         on_owner = c["local_owner"] + c["hop"] - c["misroute"]
         served = c["local_owner"] + c["hop"] + c["failover"] + c["fallback"]
         now = self.clock()
@@ -121,16 +128,15 @@ class Metrics:
         return (on_owner - base_on_owner) / served if served else None
 
     def snapshot(self) -> dict[str, Any]:
-        core = self.core
-        ring = core.membership.ring
+        ring = self.membership.ring
         return {
-            "counters": {key: core.counters[key] for key in COUNTERS},
+            "counters": {key: self.counters[key] for key in COUNTERS},
             "locality_ratio": self.locality_ratio(),
             "ring_checksum": ring.checksum,
             "ring_members": len(ring),
-            "peer_ejections": core.health.ejections_total,
-            "set_aside": core.health.ejected(),
-            "draining": core.draining,
+            "peer_ejections": self.health.ejections_total,
+            "set_aside": self.health.ejected(),
+            "draining": self.draining(),
             "forward_latency_seconds": {
                 peer: {
                     "count": sum(h.counts),
@@ -145,22 +151,21 @@ class Metrics:
         """Yield prometheus_client metric families (a custom collector: nothing global is registered)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-        core = self.core
         for key, (name, doc) in COUNTERS.items():
             family = CounterMetricFamily(name.removesuffix("_total"), doc)
-            family.add_metric([], core.counters[key])
+            family.add_metric([], self.counters[key])
             yield family
         ejections = CounterMetricFamily("affinity_peer_ejections", "Times a peer was set aside (failures or draining).")
-        ejections.add_metric([], core.health.ejections_total)
+        ejections.add_metric([], self.health.ejections_total)
         yield ejections
-        ring = core.membership.ring
+        ring = self.membership.ring
         yield GaugeMetricFamily("affinity_ring_members", "Members on this node's ring.", value=len(ring))
         info = GaugeMetricFamily("affinity_ring_info", "This node's ring checksum (equal on agreeing nodes).",
                                  labels=["checksum", "node"])  # fmt: skip
-        info.add_metric([ring.checksum, core.self_id or ""], 1)
+        info.add_metric([ring.checksum, self.membership.self_id or ""], 1)
         yield info
-        yield GaugeMetricFamily("affinity_peers_set_aside", "Peers set aside now.", value=len(core.health.ejected()))
-        yield GaugeMetricFamily("affinity_draining", "1 while this node drains.", value=int(core.draining))
+        yield GaugeMetricFamily("affinity_peers_set_aside", "Peers set aside now.", value=len(self.health.ejected()))
+        yield GaugeMetricFamily("affinity_draining", "1 while this node drains.", value=int(self.draining()))
         ratio = self.locality_ratio()
         yield GaugeMetricFamily(
             "affinity_locality_ratio",

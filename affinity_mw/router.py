@@ -11,14 +11,13 @@ import logging
 from collections import Counter
 from typing import Any
 
-from .forward import RESTORED_HEADERS
 from .health import PeerHealth
-from .hop import INTERNAL_SPELLINGS, HopMarker, HopSigner
+from .hop import HopMarker, HopSigner
 from .keys import Extractor, plain_header_name
 from .request import RequestView
 from .ring import Node, Ring, hash_key
 
-__all__ = ["Decision", "Router"]
+__all__ = ["FORWARD", "LOCAL", "REJECT", "Decision", "Router"]
 
 logger = logging.getLogger("affinity_mw")
 
@@ -157,15 +156,6 @@ class Router:
         self._hashes: dict[str, int] = {}
         self._cache = _LocalCache(None, None)
         self.header_key = plain_header_name(extractor)
-        # On a hop the adapters restore the request before routing it; a key header that restoring cannot change
-        # (not internal, not an X-Forwarded-* the forwarder may have added) can be read from their first scan.
-        self.hop_header_key = (
-            self.header_key
-            if self.header_key is not None
-            and self.header_key[:11] not in INTERNAL_SPELLINGS
-            and self.header_key not in RESTORED_HEADERS
-            else None
-        )
 
     def key_from_header(self, value: bytes | str | None) -> str | None:
         """What :meth:`extract` returns for a plain ``header()`` extractor (:attr:`header_key`), given the
@@ -255,9 +245,8 @@ class Router:
         return decision
 
     def hop_by_header(self, value: bytes | str | None, marker: HopMarker, method: str, path: str) -> Decision:
-        """:meth:`decide` for a request with an authentic ``marker`` when the key is a plain header that restoring
-        the request leaves as it is (:attr:`hop_header_key`) and ``value`` is its first value: the owner's side of
-        a forward, without a view."""
+        """:meth:`decide` for a request with an authentic ``marker`` when the key is a plain header and ``value`` is
+        its first value in the restored request: the owner's side of a forward, without a view."""
         membership = self.membership
         decision = self._hop(membership.ring, self.key_from_header(value), marker, membership.self_id)
         if logger.isEnabledFor(logging.DEBUG):

@@ -3,61 +3,36 @@
 Works under gunicorn's ``sync`` and ``gthread`` workers and Werkzeug's development server. One transport (a
 thread-safe urllib3 ``PoolManager`` by default) serves every thread of a worker process. The request body streams
 from ``wsgi.input`` (fixed length or chunked); the response is a streaming iterable whose ``close()`` hands the
-peer connection back to the pool, or discards it if the client went away mid-body.
+peer connection back to the pool, or discards it if the client went away mid-body. This module only emits
+outcomes: the request view is :mod:`affinity_mw._environ`, admission and the forward are the shared ones.
 """
 
 from __future__ import annotations
 
 import functools
 import http
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
-from urllib.parse import quote
 
-from .core import DRAINING, NO_KEY_REJECTED, SERVED_BY_HEADER, AffinityCore
-from .forward import (
-    BAD_FRAMING,
-    BAD_TARGET,
-    BODY_TOO_LARGE,
-    POOL_EXHAUSTED,
-    BadFraming,
-    BodyLimit,
-    ClientGone,
-    ForwardError,
-    Headers,
-    SyncTransport,
-    SyncUpstreamResponse,
-    bodiless,
-    body_framing,
-)
-from .hop import HopMarker
-from .request import RequestView
-from .router import FORWARD, LOCAL, Decision
+from ._environ import EnvironRequest, environ_headers, environ_key
+from ._forwarding import forward_sync
+from ._plan import SERVE_LOCAL, Answer, Relay
+from ._slots import SyncPeerSlots
+from .core import AffinityCore
+from .forward import BODY_TOO_LARGE, BodyLimit, ForwardError, SyncTransport
+from .router import LOCAL, Decision
 from .transports import HttpxSyncTransport, Urllib3Transport
 
-__all__ = ["DECISION_KEY", "AffinityWSGIMiddleware"]
+__all__ = ["DECISION_KEY", "AffinityWSGIMiddleware", "environ_headers"]
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 DECISION_KEY = "affinity_mw.decision"
-_HOP_ENV = "HTTP_X_AFFINITY_HOP"
-# Keys a WSGI server puts in every environ that are not headers (PEP 3333, gunicorn, Werkzeug): the scan for header
-# keys skips them with one set difference in C instead of a Python-level test of each (the local path's largest
-# cost). Any key not listed is still tested.
-_NOT_HEADERS = frozenset(
-    {
-        "REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE", "CONTENT_LENGTH",
-        "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "SERVER_SOFTWARE", "REMOTE_ADDR", "REMOTE_PORT",
-        "RAW_URI", "REQUEST_URI", "wsgi.version", "wsgi.url_scheme", "wsgi.input", "wsgi.errors",
-        "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once", "wsgi.file_wrapper", "wsgi.input_terminated",
-        "gunicorn.socket", "werkzeug.socket", "werkzeug.request", "werkzeug.server.shutdown",
-    }
-)  # fmt: skip
-_INTERNAL_ENV = "HTTP_X_AFFINITY_"
+# WSGI has no way to abort before a response starts: a client that left mid-upload gets this, which nobody reads
+# but the access log shows.
+_CLIENT_GONE = Answer(400, b"The client closed the connection before sending the whole body.\n")
 
 
 class AffinityWSGIMiddleware:
@@ -84,7 +59,6 @@ class AffinityWSGIMiddleware:
     ) -> None:
         self.app = app
         self.core = core = AffinityCore(membership=membership, environ=environ, **options)
-        self.router = core.router
         if transport is None:
             if core.settings.transport == "httpx":
                 transport = HttpxSyncTransport(**core.transport_options())
@@ -93,68 +67,35 @@ class AffinityWSGIMiddleware:
         elif hasattr(transport, "build_request"):  # an httpx.Client
             transport = HttpxSyncTransport(transport, **core.transport_options())
         self.transport: SyncTransport = transport
-        self.slots = _PeerSlots(core.settings.pool_size, core.settings.pool_timeout)
+        self.slots = SyncPeerSlots(core.settings.pool_size, core.settings.pool_timeout)
         # Where WSGI keeps a plain header key ("HTTP_X_TENANT"), so the common case reads it with one lookup.
-        self._key_env = _environ_key(self.router.header_key) if self.router.header_key is not None else None
+        self._key_env = environ_key(core.router.header_key) if core.router.header_key is not None else None
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        prefixes = self.core.internal_prefixes
-        if prefixes and environ.get("PATH_INFO", "").startswith(prefixes):
-            answer = self.core.internal_response(
-                environ.get("REQUEST_METHOD", "GET"),
-                environ["PATH_INFO"],
-                environ.get("REMOTE_ADDR"),
-                environ.get("QUERY_STRING", ""),
-                lambda name: environ.get("HTTP_" + name.upper().replace("-", "_")),
-            )
-            if answer is not None:
-                return _plain(start_response, *answer)
-        hop = environ.get(_HOP_ENV)
-        marker = self.router.check_marker(hop.encode("latin-1")) if hop is not None else None
-        header_bytes, internal = _header_scan(environ)
-        if marker is not None or internal:
-            # Strip our headers, and on a hop show the request as the first node saw it: the key is then
-            # extracted from the same request on both nodes (an `ip` key included).
-            environ = _restore(environ, marker)
-            header_bytes = _header_scan(environ)[0]
-        core = self.core
-        if header_bytes > core.max_header_bytes or core.max_body:
-            refusal = core.refusal(header_bytes, environ.get("CONTENT_LENGTH") if core.max_body else None)
-            if refusal is not None:  # 431/413 before routing: the same answer whichever node owns the key
-                return _plain(start_response, *refusal)
-        key_env = self._key_env
-        if key_env is not None:
-            # The common case: a plain header key, read where WSGI keeps it (on a hop, from the restored environ).
-            method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "")
-            if marker is None:
-                decision = self.router.decide_by_header(environ.get(key_env), method, path)
-            else:
-                decision = self.router.hop_by_header(environ.get(key_env), marker, method, path)
-            if decision.action == LOCAL:
-                return self._serve_local(environ, start_response, decision)
-            headers = environ_headers(environ)
-        else:
-            view = _EnvironView(environ)
-            decision = self.router.decide(view, marker)
-            if decision.action == LOCAL:
-                return self._serve_local(environ, start_response, decision)
-            headers = view.headers
-        if decision.action == FORWARD:
-            return self._forward(environ, start_response, decision, headers)
-        return _plain(start_response, *NO_KEY_REJECTED)
+        request = EnvironRequest(environ, self._key_env)
+        decision = self.core.admit(request)
+        if isinstance(decision, Answer):
+            return _plain(start_response, decision)
+        if decision.action == LOCAL:
+            return self._serve_local(request.environ, start_response, decision)
+        forwarding = self.core.forwarding
+        assert forwarding is not None  # a forward decision needs a peer, and a peer needs the secret
+        outcome = forward_sync(forwarding, decision, request, self.transport, self.slots)
+        if type(outcome) is Relay:
+            return self._relay(outcome, start_response)
+        if type(outcome) is Answer:
+            return _plain(start_response, outcome)
+        if outcome is SERVE_LOCAL:
+            return self._serve_local(request.environ, start_response, decision)
+        return _plain(start_response, _CLIENT_GONE)  # ABORT
 
     def _serve_local(self, environ: Environ, start_response: StartResponse, decision: Decision) -> Iterable[bytes]:
         environ[DECISION_KEY] = decision
-        core = self.core
-        if decision.served_by != core.self_id:  # cached local decisions are shared: no write in steady state
-            decision.served_by = core.self_id
         app = self.app
-        if core.max_body and "HTTP_TRANSFER_ENCODING" in environ:
-            app = functools.partial(_limited_app, app, core.max_body)
-        if core.debug_headers or core.draining:
-            raw = core.debug_headers_for(decision) if core.debug_headers else []
-            if core.draining:
-                raw.append(DRAINING)
+        if self.core.max_body and "HTTP_TRANSFER_ENCODING" in environ:
+            app = functools.partial(_limited_app, app, self.core.max_body)
+        raw = self.core.serve_here(decision)
+        if raw:
             extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
 
             def start_with_headers(status: str, response_headers: list[tuple[str, str]], *exc_info: Any) -> Any:
@@ -163,83 +104,14 @@ class AffinityWSGIMiddleware:
             return app(environ, start_with_headers)
         return app(environ, start_response)
 
-    def _forward(
-        self, environ: Environ, start_response: StartResponse, decision: Decision, headers: Headers
-    ) -> Iterable[bytes]:
-        method = environ.get("REQUEST_METHOD", "GET")
-        target = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-        if not target:
-            path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-            target = quote(path.encode("latin-1"), safe="/%:@!$&'()*+,;=~")
-            if environ.get("QUERY_STRING"):
-                target += "?" + environ["QUERY_STRING"]
-        if not target.startswith("/"):
-            # Only origin-form targets are forwarded: "http://x/..." or "@host/..." must never choose the host.
-            if method == "OPTIONS" and target == "*":
-                return self._serve_local(environ, start_response, decision)
-            return _plain(start_response, *BAD_TARGET)
+    def _relay(self, relay: Relay, start_response: StartResponse) -> Iterable[bytes]:
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in relay.headers]
         try:
-            content_length = body_framing(headers)
-        except BadFraming:
-            return _plain(start_response, *BAD_FRAMING)
-        limit = self.core.body_limit() if content_length is None else None
-        body = _RequestBody(environ["wsgi.input"], content_length, limit) if content_length != 0 else None
-        remote = environ.get("REMOTE_ADDR")
-        client = (remote, int(environ.get("REMOTE_PORT") or 0)) if remote else None
-        with self.core.plan(decision, headers, client, environ.get("wsgi.url_scheme", "http")) as plan:
-            for node, request in plan.attempts(method, target, content_length, body.stream if body else None):
-                slot = self.slots.acquire(node.id)
-                if slot is None:
-                    return _plain(start_response, *POOL_EXHAUSTED, extra=[("Retry-After", "1")])
-                try:
-                    response = self.transport.send(request)
-                except (ClientGone, ForwardError) as exc:
-                    slot.release()
-                    if body is not None and body.over:
-                        return _plain(start_response, *BODY_TOO_LARGE)  # the chunked body went over max_body
-                    if isinstance(exc, ClientGone):
-                        return []  # the client left mid-upload: nobody to answer, not the peer's fault
-                    verdict = plan.failed(node, exc, method, body is not None and body.started)
-                    if verdict is None:
-                        if plan.backoff:
-                            time.sleep(plan.backoff)
-                        continue
-                    return _plain(start_response, *verdict)
-                except BaseException:
-                    slot.release()
-                    raise
-                response.headers = plan.answered(node, response.status, response.headers)
-                return self._relay(response, start_response, decision, bodiless(method, response.status), slot)
-        if self.router.serve_after_failover(decision, self.core.fallback_local):
-            return self._serve_local(environ, start_response, decision)
-        return _plain(start_response, *plan.exhausted())
-
-    def _relay(
-        self,
-        response: SyncUpstreamResponse,
-        start_response: StartResponse,
-        decision: Decision,
-        no_body: bool,
-        slot: threading.BoundedSemaphore,
-    ) -> Iterable[bytes]:
-        headers = response.headers
-        if self.core.debug_headers and not any(name == SERVED_BY_HEADER for name, _ in headers):
-            headers = [*headers, *self.core.debug_headers_for(decision)]
-        reason = response.reason or _phrase(response.status)
-        try:
-            start_response(
-                f"{response.status} {reason}", [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
-            )
+            start_response(f"{relay.status} {relay.response.reason or _phrase(relay.status)}", headers)
         except BaseException:
-            response.close(reusable=False)
-            slot.release()
+            relay.close(reusable=False)
             raise
-        length = None
-        if not no_body:
-            for name, value in headers:
-                if name == b"content-length":
-                    length = int(value)
-        return _Relay(response, length, slot)
+        return _Relay(relay.response, relay.length, relay.slot, relay.first, relay.chunks)
 
 
 class _Relay:
@@ -247,17 +119,21 @@ class _Relay:
     client went away; only a fully relayed response returns its connection to the pool, and the peer slot is
     released either way."""
 
-    __slots__ = ("_length", "_response", "_reusable", "_slot")
+    __slots__ = ("_chunks", "_first", "_length", "_response", "_reusable", "_slot")
 
-    def __init__(self, response: SyncUpstreamResponse, length: int | None, slot: threading.BoundedSemaphore) -> None:
+    def __init__(self, response: Any, length: int | None, slot: Any, first: bytes = b"", chunks: Any = None) -> None:
         self._response = response
         self._length = length
         self._reusable = False
-        self._slot: threading.BoundedSemaphore | None = slot
+        self._slot = slot
+        self._first = first
+        self._chunks: Iterator[bytes] = response.iter_raw() if chunks is None else chunks
 
     def __iter__(self) -> Iterator[bytes]:
-        sent = 0
-        for chunk in self._response.iter_raw():
+        sent = len(self._first)
+        if sent:
+            yield self._first
+        for chunk in self._chunks:
             sent += len(chunk)
             yield chunk
         if self._length is not None and sent < self._length:
@@ -272,104 +148,6 @@ class _Relay:
         finally:
             if slot is not None:
                 slot.release()
-
-
-class _PeerSlots:
-    """At most ``size`` forwards in flight to each peer from this worker process; a forward waits at most
-    ``timeout`` seconds for a slot, then is answered 503 with Retry-After instead of queueing without bound."""
-
-    def __init__(self, size: int, timeout: float) -> None:
-        self.size = size
-        self.timeout = timeout
-        self._semaphores: dict[str, threading.BoundedSemaphore] = {}
-        self._lock = threading.Lock()
-
-    def acquire(self, node_id: str) -> threading.BoundedSemaphore | None:
-        semaphore = self._semaphores.get(node_id)
-        if semaphore is None:
-            with self._lock:
-                semaphore = self._semaphores.setdefault(node_id, threading.BoundedSemaphore(self.size))
-        return semaphore if semaphore.acquire(timeout=self.timeout) else None
-
-
-class _EnvironView(RequestView):
-    """A :class:`RequestView` over a WSGI environ that looks headers up where WSGI keeps them
-    (``HTTP_X_TENANT``), building the full header list only if something asks for it."""
-
-    __slots__ = ("_environ",)
-
-    def __init__(self, environ: Environ) -> None:
-        super().__init__(
-            environ.get("REQUEST_METHOD", "GET"),
-            environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace"),
-            environ.get("QUERY_STRING", "").encode("latin-1"),
-            None,  # type: ignore[arg-type]
-            environ.get("REMOTE_ADDR") or None,
-            environ.get("wsgi.url_scheme", "http"),
-        )
-        self._environ = environ
-
-    @property
-    def headers(self) -> Headers:
-        if self._headers is None:
-            self._headers = environ_headers(self._environ)
-        return self._headers  # type: ignore[return-value]
-
-    def first(self, name: bytes) -> bytes | None:
-        value = self._environ.get(_environ_key(name))
-        return None if value is None else value.encode("latin-1")
-
-
-_ENVIRON_KEYS: dict[bytes, str] = {b"content-type": "CONTENT_TYPE", b"content-length": "CONTENT_LENGTH"}
-
-
-def _environ_key(name: bytes) -> str:
-    """The environ key of a request header (lower-case bytes): ``x-tenant`` is ``HTTP_X_TENANT``."""
-    key = _ENVIRON_KEYS.get(name)
-    if key is None:
-        key = _ENVIRON_KEYS[name] = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
-    return key
-
-
-class _RequestBody:
-    """The client's body read from ``wsgi.input`` once, in blocks; records whether reading began (after which
-    the request cannot be re-sent elsewhere)."""
-
-    __slots__ = ("length", "limit", "started", "stream_in")
-
-    def __init__(self, stream_in: Any, length: int | None, limit: BodyLimit | None = None) -> None:
-        self.stream_in = stream_in
-        self.length = length
-        self.limit = limit
-        self.started = False
-
-    @property
-    def over(self) -> bool:
-        """The body went over max_body while it was forwarded."""
-        return self.limit is not None and self.limit.over
-
-    def stream(self) -> Iterator[bytes]:
-        if self.started:
-            raise ForwardError("the request body was already sent once")
-        self.started = True
-        read = self.stream_in.read
-        try:
-            if self.length is None:  # chunked: the server decodes it and signals the end with b""
-                limit = self.limit
-                while chunk := read(65536):
-                    if limit is not None:
-                        limit.add(len(chunk))
-                    yield chunk
-                return
-            remaining = self.length
-            while remaining > 0:
-                chunk = read(min(65536, remaining))
-                if not chunk:
-                    raise ClientGone("client closed the connection before sending the whole body")
-                remaining -= len(chunk)
-                yield chunk
-        except OSError as exc:  # the server's input stream fails when the client disconnects mid-upload
-            raise ClientGone(str(exc)) from exc
 
 
 class _LimitedInput:
@@ -425,79 +203,17 @@ def _limited_app(app: WSGIApp, limit: int, environ: Environ, start_response: Sta
     except Exception:
         if started or not body.limit.over:
             raise
-        return _plain(start_response, *BODY_TOO_LARGE)
+        return _plain(start_response, Answer(*BODY_TOO_LARGE))
     if body.limit.over and not started:
         close = getattr(result, "close", None)
         if close is not None:
             close()
-        return _plain(start_response, *BODY_TOO_LARGE)
+        return _plain(start_response, Answer(*BODY_TOO_LARGE))
     return result
 
 
 def _discard(data: bytes) -> None:
     pass
-
-
-def _header_scan(environ: Environ) -> tuple[int, bool]:
-    """The size of the request's header block (names plus values) as the client sent it, and whether it has any
-    of our ``X-Affinity-*`` headers: one pass over the environ's header keys (a gunicorn environ has about 25
-    keys, two or three of them headers for a plain GET)."""
-    size = 0
-    internal = False
-    for key in environ.keys() - _NOT_HEADERS:
-        if key[:5] == "HTTP_":
-            size += len(key) + len(environ[key]) - 5
-            if key[:16] == _INTERNAL_ENV:
-                internal = True
-    # Content-Type and Content-Length, which WSGI keeps without the HTTP_ prefix.
-    if "CONTENT_TYPE" in environ:
-        size += 12 + len(environ["CONTENT_TYPE"])
-    if "CONTENT_LENGTH" in environ:
-        size += 14 + len(environ["CONTENT_LENGTH"])
-    return size, internal
-
-
-def environ_headers(environ: Environ) -> Headers:
-    """The request headers in ASGI's shape (lower-case byte names), rebuilt from a WSGI environ.
-
-    WSGI has already joined repeated headers with commas and folded ``-`` into ``_``; ``CONTENT_TYPE`` and
-    ``CONTENT_LENGTH`` are restored as headers, next to ``Transfer-Encoding`` (kept by gunicorn and Werkzeug as
-    ``HTTP_TRANSFER_ENCODING``) so ``body_framing`` can refuse a request that carries both. ``wsgi.input_terminated``
-    is no sign of a body: gunicorn sets it on every request.
-    """
-    headers: Headers = []
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            headers.append((key[5:].replace("_", "-").lower().encode("latin-1"), value.encode("latin-1")))
-    if environ.get("CONTENT_TYPE"):
-        headers.append((b"content-type", environ["CONTENT_TYPE"].encode("latin-1")))
-    if environ.get("CONTENT_LENGTH"):
-        headers.append((b"content-length", environ["CONTENT_LENGTH"].encode("latin-1")))
-    return headers
-
-
-def _restore(environ: Environ, marker: HopMarker | None) -> Environ:
-    """A copy of ``environ`` without our internal headers; on a hop, also as the first node saw it: the client
-    address and scheme from the signed marker, without the X-Forwarded-* values the forwarder added."""
-    environ = {k: v for k, v in environ.items() if not k.startswith(_INTERNAL_ENV)}
-    if marker is None:
-        return environ
-    added = marker.added
-    if "p" in added:
-        environ.pop("HTTP_X_FORWARDED_PROTO", None)
-    if "h" in added:
-        environ.pop("HTTP_X_FORWARDED_HOST", None)
-    if "f" in added and "HTTP_X_FORWARDED_FOR" in environ:
-        head, sep, _ = environ["HTTP_X_FORWARDED_FOR"].rpartition(",")
-        if sep:
-            environ["HTTP_X_FORWARDED_FOR"] = head.rstrip()
-        else:
-            del environ["HTTP_X_FORWARDED_FOR"]
-    if marker.client_host:
-        environ["REMOTE_ADDR"] = marker.client_host
-        environ["REMOTE_PORT"] = str(marker.client_port)
-    environ["wsgi.url_scheme"] = marker.scheme
-    return environ
 
 
 def _phrase(status: int) -> str:
@@ -507,13 +223,11 @@ def _phrase(status: int) -> str:
         return "Unknown"
 
 
-def _plain(
-    start_response: StartResponse,
-    status: int,
-    text: bytes,
-    content_type: str = "text/plain; charset=utf-8",
-    extra: list[tuple[str, str]] | None = None,
-) -> list[bytes]:
-    headers = [("Content-Type", content_type), ("Content-Length", str(len(text))), *(extra or ())]
-    start_response(f"{status} {_phrase(status)}", headers)
-    return [text]
+def _plain(start_response: StartResponse, answer: Answer) -> list[bytes]:
+    headers = [
+        ("Content-Type", answer.content_type),
+        ("Content-Length", str(len(answer.text))),
+        *((k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.headers),
+    ]
+    start_response(f"{answer.status} {_phrase(answer.status)}", headers)
+    return [answer.text]

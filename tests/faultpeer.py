@@ -9,7 +9,7 @@ Modes (``--mode``):
 * ``status``: answer every request with ``--status`` (a 5xx) and a short body, keeping the connection alive.
 * ``stale``: answer the first request on each connection 200 (keep-alive), then close the connection without an
   answer when the next request arrives on it: a pooled connection whose server closed it as it was reused (the
-  keep-alive race of DESIGN.md section 6, rule 5), made deterministic.
+  keep-alive race docs/reliability.md describes), made deterministic.
 
 Every request received in full is counted in ``--counts`` (a JSON file replaced atomically after each request, so
 a reader never sees half of it): ``{"total": n, "by_method": {...}, "requests": [[method, target], ...]}``. The file

@@ -4,7 +4,6 @@ test_cluster_asgi.py against real uvicorn nodes)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -320,98 +319,6 @@ def test_app_500_does_not_eject_but_gateway_errors_do() -> None:
     assert not mw.core.health.usable(URLS[1])
 
 
-def test_peer_slots_are_handed_over_in_order_and_never_lost() -> None:
-    """A release hands its slot to the oldest live waiter; a waiter that times out gets PoolExhausted and leaves
-    the queue; one cancelled just after being handed a slot passes it on, so the count never leaks."""
-    from affinity_mw.asgi import _PeerSlots
-    from affinity_mw.forward import PoolExhausted
-
-    async def scenario() -> list[str]:
-        slots = _PeerSlots(2, 0.05).get("peer")
-        events: list[str] = []
-        assert slots.take() and slots.take() and not slots.take()
-
-        async def waiter(name: str, timeout: float) -> None:
-            try:
-                await slots.wait(timeout, "peer")
-                events.append(f"{name} got a slot")
-            except PoolExhausted:
-                events.append(f"{name} timed out")
-
-        late = asyncio.ensure_future(waiter("late", 0.01))
-        first = asyncio.ensure_future(waiter("first", 5))
-        second = asyncio.ensure_future(waiter("second", 5))
-        await asyncio.sleep(0.05)  # "late" times out and leaves the queue
-        assert not slots.take()  # waiters queue: a newcomer cannot jump them
-        slots.release()
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        second.cancel()  # cancelled while waiting: leaves the queue, takes nothing
-        await asyncio.gather(late, first, second, return_exceptions=True)
-        slots.release()  # first's slot: nobody waits, so it is free again
-        slots.release()  # the other original holder's
-        assert slots.free == 2 and not slots.waiters
-        # Handed a slot and cancelled in the same turn: the slot goes back, it is not lost.
-        assert slots.take() and slots.take()
-        third = asyncio.ensure_future(slots.wait(5, "peer"))
-        await asyncio.sleep(0)
-        slots.release()
-        third.cancel()
-        (outcome,) = await asyncio.gather(third, return_exceptions=True)
-        assert isinstance(outcome, asyncio.CancelledError)
-        assert slots.free == 1 and not slots.waiters
-        # A hand-over and the timeout due in the same turn: whichever the loop runs first wins, on every version.
-        fourth = asyncio.ensure_future(slots.wait(0.01, "peer"))
-        await asyncio.sleep(0)
-        time.sleep(0.03)  # the loop is busy: the timeout is overdue when the release comes
-        slots.release()
-        await asyncio.gather(fourth, return_exceptions=True)
-        assert fourth.exception() is None  # handed over before the overdue timer ran: the waiter has the slot
-        slots.release()  # the fourth's; ours went to it
-        assert slots.free == 2 and not slots.waiters
-        return events
-
-    assert asyncio.run(scenario()) == ["late timed out", "first got a slot"]
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_peer_slots_never_exceed_their_size_or_leak_under_timeouts_and_cancels(seed: int) -> None:
-    import random
-
-    from affinity_mw.asgi import _PeerSlots
-    from affinity_mw.forward import PoolExhausted
-
-    rng = random.Random(seed)
-
-    async def scenario() -> None:
-        slots = _PeerSlots(3, 0.02).get("peer")
-        holding = [0]
-        peak = [0]
-
-        async def forward() -> None:
-            if not slots.take():
-                try:
-                    await slots.wait(rng.choice([0.001, 0.01, 0.05]), "peer")
-                except PoolExhausted:
-                    return
-            holding[0] += 1
-            peak[0] = max(peak[0], holding[0])
-            try:
-                await asyncio.sleep(rng.choice([0, 0.001, 0.005]))
-            finally:
-                holding[0] -= 1
-                slots.release()
-
-        tasks = [asyncio.ensure_future(forward()) for _ in range(200)]
-        for task in rng.sample(tasks, 40):
-            await asyncio.sleep(rng.choice([0, 0.001]))
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        assert slots.free == 3 and not slots.waiters and holding[0] == 0 and peak[0] == 3
-
-    asyncio.run(asyncio.wait_for(scenario(), 20))
-
-
 def test_pool_exhaustion_is_a_fast_503_with_retry_after() -> None:
     tenant = owned_by(URLS[1])
 
@@ -468,12 +375,12 @@ def test_deadline_spent_is_504() -> None:
 def test_retry_budget_caps_retries_under_load() -> None:
     tenant = tenant_where(lambda order: order[0] == URLS[1] and order[1] == URLS[2])
     mw = middleware(ScriptedTransport(SendFailed("reset"), Response()))
-    mw.core.inflight[:] = [10, 3]  # 10 forwards in flight, 3 of them retries: max(3, 20%) reached
+    mw.core.budget.inflight[:] = [10, 3]  # 10 forwards in flight, 3 of them retries: max(3, 20%) reached
     _, sent = call(mw, tenant)
     assert sent[0]["status"] == 502
 
 
-# ------------------------------------------------------------------------------------- limits (DESIGN.md 6.14)
+# ------------------------------------------------------------------------------------- limits (431, 413)---------
 
 
 def call_chunked(
@@ -626,3 +533,18 @@ def test_limit_settings_are_validated() -> None:
         middleware(max_body=-1)
     with pytest.raises(ConfigurationError, match="AFFINITY_MAX_HEADER_BYTES"):
         middleware(max_header_bytes=0)
+
+
+def test_on_a_hop_the_key_is_read_from_the_request_as_the_first_node_saw_it() -> None:
+    """Keyed by X-Forwarded-For, the owner must route by the value the first node saw, not the one the forwarder
+    appended to: otherwise both nodes extract different keys (counted as a marker for another key)."""
+    from affinity_mw import HopSigner
+
+    marker = HopSigner(SECRET).sign(sender=URLS[0], key_hash=hash_key("1.1.1.1"), ring_checksum=RING.checksum,
+                                    added="f")  # fmt: skip
+    mw = middleware(self_url=URLS[1], key="header:X-Forwarded-For")
+    _, sent = call(mw, None, headers=[(b"x-forwarded-for", b"1.1.1.1, 10.9.9.9"), (b"x-affinity-hop", marker)])
+    assert sent[0]["status"] == 200
+    decision = SEEN[-1]["state"]["affinity"]
+    assert decision.key == "1.1.1.1" and decision.reason == "hop"
+    assert mw.core.counters["marker_key_mismatch"] == 0

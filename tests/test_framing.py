@@ -1,5 +1,5 @@
 """Request-smuggling framing attacks against a node that does not own the key: the server in front of the
-middleware must answer 400 and nothing may reach the owner (DESIGN.md section 6, rule 7; issue 5)."""
+middleware must answer 400 and nothing may reach the owner (docs/design.md)."""
 
 from __future__ import annotations
 

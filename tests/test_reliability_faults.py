@@ -1,4 +1,4 @@
-"""Peer faults against real clusters (DESIGN.md section 6, rules 2-6; issue 5): a peer that hangs, resets, dies
+"""Peer faults against real clusters (docs/reliability.md): a peer that hangs, resets, dies
 mid-body or answers 5xx, stale pooled keep-alive connections, and POSTs while a node is SIGKILLed.
 
 Each scenario runs on an ASGI stack (uvicorn, the default asyncio transport) and a WSGI stack (gunicorn gthread,

@@ -1,6 +1,6 @@
 """Hostile input against real 2-node clusters (ASGI under uvicorn, WSGI under gunicorn): every forged marker and
 bad token is refused, no input yields a 500, and what a client adds can neither stop a forward nor strip what the
-forwarder adds (DESIGN.md section 6, rules 7-11; issue 5).
+forwarder adds (docs/design.md, "Rules each part keeps").
 
 Each case names what the node receiving it must do: ``owner`` (routed by the honest key to its owner, node 2),
 ``no-key`` (no key could be verified: served locally under the default ``no_key=local`` policy), ``local`` (served
@@ -132,7 +132,7 @@ def catalogue(c: Cluster) -> tuple[list[Case], str]:
         Case("marker: valid, underscore name", "marker", "owner", {**tenant, "X_Affinity_Hop": valid}),
         Case("marker: valid, mixed-case underscore", "marker", "owner", {**tenant, "x_AFFINITY-hop": valid}),
         # An authentic marker is served where it lands, even for another key (loop safety beats replay refusal;
-        # DESIGN.md section 5): counted as marker_key_mismatch.
+        # docs/design.md): counted as marker_key_mismatch.
         Case("marker: genuine, replayed for another key", "replay", "local", {**tenant, "X-Affinity-Hop": replay}),
         # Hop-by-hop tricks: the forwarder's own headers are added after the client's hop-by-hop ones are stripped.
         Case(

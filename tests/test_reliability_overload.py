@@ -1,4 +1,4 @@
-"""Overload, limits and data integrity on real clusters (DESIGN.md section 6, rules 12-14).
+"""Overload, limits and data integrity on real clusters (docs/reliability.md).
 
 Each scenario runs on an ASGI stack (FastAPI under uvicorn, the default asyncio transport) and a WSGI stack (Flask under
 gunicorn gthread, urllib3 transport): 431/413 before routing, slow clients against a small forwarding pool, client

@@ -203,13 +203,6 @@ def test_hop_by_header_is_decide_with_a_marker(raw: bytes | str | None) -> None:
         assert fast.counters == general.counters
 
 
-def test_hop_fast_path_only_for_key_headers_a_restore_leaves_alone() -> None:
-    assert router().hop_header_key == b"x-tenant"
-    for name in ("X-Forwarded-For", "X-Forwarded-Host", "X-Affinity-Tenant"):
-        r = Router(membership=StaticMembership(URLS, URLS[0]), extractor=keys.header(name), signer=SIGNER)
-        assert r.header_key == name.lower().encode() and r.hop_header_key is None
-
-
 def test_decision_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     from affinity_mw import router as router_module
 

@@ -1,4 +1,5 @@
-"""``python manage.py check`` validates settings.AFFINITY under the current AFFINITY_* environment."""
+"""``python manage.py check`` validates settings.AFFINITY under the current AFFINITY_* environment, and that
+``wsgi.py`` and ``asgi.py`` wrap the application."""
 
 import os
 import sys
