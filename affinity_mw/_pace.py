@@ -4,7 +4,8 @@ A forward holds one of the peer's slots (``AFFINITY_POOL_SIZE`` per worker) and 
 request body comes in and while the response body goes out. A client that trickles its upload, or stops reading
 its download, would hold them as long as it likes (slow loris): a handful of such clients would leave the peer's
 slots to them. Like Apache's ``mod_reqtimeout`` (``body=20,MinRate=500``), each body gets ``grace`` seconds of the
-client's time, and ``1 / min_rate`` more per byte that moves; a client that uses more than that is cut off.
+client's time, and ``1 / min_rate`` more per byte that moves (never more than ``grace`` in hand); a client that
+uses more than that is cut off.
 
 Only the client's own time counts: an upload's wait for the client's next chunk, a download's wait for the client
 to take a chunk. The peer's time (a slow app, a server-sent-event stream that is quiet for minutes) never does.
@@ -15,10 +16,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import Any
 
+from ._plan import Answer
 from .forward import ClientGone
 
-__all__ = ["Pace", "SlowClient", "paced_download", "paced_upload"]
+__all__ = ["SLOW_UPLOAD", "Pace", "SlowClient", "pace_download", "pace_upload", "paced_download", "paced_upload"]
+
+# The rest of the body is never read: the connection closes after the answer (RFC 9112 9.6).
+SLOW_UPLOAD = Answer(
+    408, b"The request body came too slowly (AFFINITY_MIN_RATE).\n", headers=((b"connection", b"close"),)
+)
 
 
 class SlowClient(ClientGone):
@@ -27,17 +35,19 @@ class SlowClient(ClientGone):
 
 
 class Pace:
-    """The client's time budget for one body: ``grace`` seconds, plus ``1 / min_rate`` seconds per byte moved."""
+    """The client's time credit for one body: it starts at ``grace`` seconds, the client's own time spends it,
+    each byte moved earns ``1 / min_rate`` seconds, and it never holds more than ``grace``. A client that keeps up
+    with ``min_rate`` never runs out; one that stalls for ``grace`` seconds, or trickles slower than ``min_rate``,
+    does, whatever it moved before (bytes fast at first would otherwise buy an arbitrarily long stall)."""
 
-    __slots__ = ("_loop", "_rate", "_since", "_timer", "budget", "expired", "on_slow", "task", "used")
+    __slots__ = ("_grace", "_loop", "_rate", "_since", "_timer", "credit", "expired", "on_slow", "task")
 
     def __init__(self, grace: float, min_rate: float, on_slow: Callable[[Pace], None]) -> None:
         self._loop = asyncio.get_running_loop()
+        self._grace = self.credit = grace
         self._rate = min_rate
         self._since: float | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self.budget = grace
-        self.used = 0.0
         self.expired = False
         self.on_slow = on_slow
         self.task: asyncio.Task[object] | None = None
@@ -46,16 +56,17 @@ class Pace:
         """The body waits on the client from now."""
         now = self._since = self._loop.time()
         if self._timer is None and not self.expired:
-            # Never later than needed: the budget only grows and the client's time only passes while it is its turn.
-            self._timer = self._loop.call_at(now + self.budget - self.used, self._check)
+            # An armed timer is never later than needed: the credit drains only while it is the client's turn.
+            self._timer = self._loop.call_at(now + self.credit, self._check)
 
     def moved(self, size: int) -> None:
-        """The client delivered or took ``size`` bytes: its turn ends, and the budget grows."""
+        """The client delivered or took ``size`` bytes: its turn ends, and its credit grows."""
         since = self._since
+        credit = self.credit
         if since is not None:
-            self.used += self._loop.time() - since
+            credit -= self._loop.time() - since
             self._since = None
-        self.budget += size / self._rate
+        self.credit = min(credit + size / self._rate, self._grace)
 
     def stop(self) -> None:
         self._since = None
@@ -69,7 +80,7 @@ class Pace:
         if since is None or self.expired:
             return  # the peer's turn: the next client turn arms the timer again
         now = self._loop.time()
-        left = self.budget - self.used - (now - since)
+        left = self.credit - (now - since)
         if left > 0:
             self._timer = self._loop.call_at(now + left, self._check)
             return
@@ -137,3 +148,42 @@ async def paced_download(chunks: AsyncIterator[bytes], pace: Pace, first: int = 
             size = len(chunk)
     finally:
         pace.stop()
+
+
+def pace_upload(stream: Callable[[], AsyncIterator[bytes]], grace: float, min_rate: float) -> tuple[Pace, Any]:
+    """An upload's pace and the body factory for the transport: ``stream()`` read under it."""
+    pace = Pace(grace, min_rate, cancel_waiter)
+    return pace, lambda: paced_upload(stream(), pace)
+
+
+class _OnceSlot:
+    """A peer slot released once, by whichever comes first: the relay's end or a client found too slow."""
+
+    __slots__ = ("_slot",)
+
+    def __init__(self, slot: Any) -> None:
+        self._slot = slot
+
+    def release(self) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.release()
+
+
+_closing: set[asyncio.Future[None]] = set()
+
+
+def pace_download(
+    response: Any, chunks: AsyncIterator[bytes], first: int, slot: Any, grace: float, min_rate: float
+) -> tuple[AsyncIterator[bytes], Any]:
+    """The rest of a response body under a minimum rate, and the slot to release once: a client too slow to take
+    it gets the peer freed at once (its connection closed, its slot released), not when the client next reads."""
+    once = _OnceSlot(slot)
+
+    def free(_: Pace) -> None:
+        closing = asyncio.ensure_future(response.aclose(reusable=False))
+        _closing.add(closing)
+        closing.add_done_callback(_closing.discard)
+        once.release()
+
+    return paced_download(chunks, Pace(grace, min_rate, free), first), once
