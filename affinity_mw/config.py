@@ -224,16 +224,16 @@ OPTIONS: tuple[Option, ...] = (
         "AFFINITY_MIN_RATE",
         500.0,
         _float,
-        "Slowest a client may send or read a forwarded body, in bytes per second of its own time once its grace is "
-        "spent (ASGI): a slower one is cut off (408, or an aborted download) and the peer's slot freed, so slow "
-        "clients cannot hold a peer's slots. 0 turns it off.",
+        "Slowest a client may send or read a forwarded body (ASGI), in bytes per second of its own time: one that "
+        "falls behind by more than `AFFINITY_MIN_RATE_GRACE` seconds, or stalls that long, is cut off (408, or an "
+        "aborted download) and the peer's slot freed, so slow clients cannot hold a peer's slots. 0 turns it off.",
     ),
     Option(
         "min_rate_grace",
         "AFFINITY_MIN_RATE_GRACE",
         20.0,
         _float,
-        "Seconds of its own time a client gets for each forwarded body before `AFFINITY_MIN_RATE` applies.",
+        "Seconds of its own time a client may fall behind `AFFINITY_MIN_RATE` (or stall) on a forwarded body.",
     ),
     Option(
         "max_header_bytes",

@@ -73,7 +73,7 @@ def test_trickled_uploads_are_cut_off_and_free_the_peer(cluster: Cluster, figure
         for raw in slow:
             raw.close()
     figures.record(
-        "slow-loris uploads against 2 slots, AFFINITY_MIN_RATE 1000 B/s after 1 s",
+        "slow-loris uploads against 2 slots, AFFINITY_MIN_RATE 1000 B/s, grace 1 s",
         stack="asgi-uvicorn",
         sent=3,
         failed=sum(s != 408 for s in statuses) + (freed is None),
@@ -109,7 +109,7 @@ def test_stalled_downloads_free_the_peer(cluster: Cluster, figures: Figures) -> 
         for raw in slow:
             raw.close()
     figures.record(
-        "stalled downloads against 2 slots, AFFINITY_MIN_RATE 1000 B/s after 1 s",
+        "stalled downloads against 2 slots, AFFINITY_MIN_RATE 1000 B/s, grace 1 s",
         stack="asgi-uvicorn",
         sent=3,
         failed=(freed is None) + (2 - aborted),
