@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from affinity_mw._pace import Pace, SlowClient, cancel_waiter, paced_download, paced_upload
+from affinity_mw._pace import TICK, Pace, SlowClient, _cancel_waiter, _paced_upload, pace_download
 
 
 def run(coro: object) -> None:
@@ -34,7 +34,7 @@ def test_an_upload_that_stalls_is_cut_off_after_the_grace_and_the_task_is_not_le
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(SlowClient):
-            await collect(paced_upload(stalled(), Pace(0.2, 1000.0, cancel_waiter)))
+            await collect(_paced_upload(stalled(), Pace(0.2, 1000.0, _cancel_waiter)))
         assert 0.15 < loop.time() - started < 2
         await asyncio.sleep(0)  # a task still marked as cancelled would be cancelled here
         task = asyncio.current_task()
@@ -47,37 +47,60 @@ def test_a_trickling_upload_is_cut_off_and_a_steady_one_is_not() -> None:
     async def main() -> None:
         # 1 byte per 50 ms against 100 B/s after 0.3 s: the budget grows 10 ms per byte, the client uses 50 ms.
         with pytest.raises(SlowClient):
-            await collect(paced_upload(trickle(1, 0.05, 100), Pace(0.3, 100.0, cancel_waiter)))
+            await collect(_paced_upload(trickle(1, 0.05, 100), Pace(0.3, 100.0, _cancel_waiter)))
         # 100 bytes per 50 ms: 2,000 B/s against the same 100 B/s.
-        assert len(await collect(paced_upload(trickle(100, 0.05, 12), Pace(0.3, 100.0, cancel_waiter)))) == 1200
+        assert len(await collect(_paced_upload(trickle(100, 0.05, 12), Pace(0.3, 100.0, _cancel_waiter)))) == 1200
 
     run(main())
 
 
+class FakeSlot:
+    def __init__(self) -> None:
+        self.released = 0
+
+    def release(self) -> None:
+        self.released += 1
+
+
+class FakeResponse:
+    def __init__(self) -> None:
+        self.closed: list[bool] = []
+
+    async def aclose(self, *, reusable: bool) -> None:
+        self.closed.append(reusable)
+
+
 def test_the_peers_time_never_counts_against_the_client() -> None:
     """A download whose peer is slow (a quiet event stream) but whose client takes each chunk at once."""
-    slow: list[Pace] = []
 
     async def main() -> None:
-        pace = Pace(0.1, 1000.0, slow.append)
-        assert await collect(paced_download(trickle(1, 0.15, 4), pace)) == b"xxxx"
-        assert not slow and not pace.expired
+        slot, response = FakeSlot(), FakeResponse()
+        chunks, paced_slot = pace_download(response, trickle(1, 0.15, 4), 0, slot, 0.1, 1000.0)
+        assert await collect(chunks) == b"xxxx"
+        await asyncio.sleep(0.3)
+        assert (slot.released, response.closed) == (0, [])
+        paced_slot.release()
+        paced_slot.release()
+        assert slot.released == 1
 
     run(main())
 
 
 def test_a_client_that_stops_reading_frees_the_peer_at_once() -> None:
-    freed: list[float] = []
-
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        pace = Pace(0.2, 1000.0, lambda _: freed.append(loop.time()))
-        chunks = paced_download(trickle(10, 0, 100), pace, first=10)
+        slot, response = FakeSlot(), FakeResponse()
+        chunks, paced_slot = pace_download(response, trickle(10, 0, 100), 10, slot, 0.2, 1000.0)
         started = loop.time()
         assert await chunks.__anext__() == b"x" * 10
-        await asyncio.sleep(0.5)  # the client does not take the next chunk
-        assert freed and 0.15 < freed[0] - started < 0.45
+        while not slot.released and loop.time() - started < 2:
+            await asyncio.sleep(0.01)  # the client does not take the next chunk
+        assert 0.15 < loop.time() - started < 0.2 + TICK + 0.3
+        await asyncio.sleep(0)
+        assert (slot.released, response.closed) == (1, [False])
         with pytest.raises(SlowClient):
             await chunks.__anext__()
+        paced_slot.release()  # the relay's own release, later: the slot was released once
+        assert slot.released == 1
 
     run(main())
