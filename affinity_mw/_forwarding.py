@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ._pace import SLOW_UPLOAD, pace_download, pace_upload
+from ._pace import SLOW_UPLOAD, SMALL_BODY, DownloadPace, pace_upload
 from ._plan import POOL_EXHAUSTED_ANSWER, Forwarding, ForwardPlan, ForwardRequest, Outcome
 from ._slots import AsyncPeerSlots, SyncPeerSlots
 from .forward import AsyncTransport, ClientGone, ForwardError, PoolExhausted, SyncTransport, bodiless
@@ -77,9 +77,10 @@ async def forward_async(
             except BaseException:
                 slot.release()
                 raise
-            if min_rate and not no_body:
-                chunks, slot = pace_download(response, chunks, len(first), slot, grace, min_rate)
-            return plan.relay(node, response, no_body, first, chunks, slot)
+            relay = plan.relay(node, response, no_body, first, chunks, slot)
+            if min_rate and not no_body and (relay.length != len(first) or len(first) > SMALL_BODY):
+                relay.chunks = relay.slot = DownloadPace(grace, min_rate, response, chunks, len(first), slot)
+            return relay
     return plan.finish()
 
 

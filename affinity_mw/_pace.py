@@ -24,9 +24,12 @@ from ._plan import Answer
 from .forward import ClientGone
 from .loops import PerLoop
 
-__all__ = ["SLOW_UPLOAD", "TICK", "Pace", "SlowClient", "pace_download", "pace_upload"]
+__all__ = ["SLOW_UPLOAD", "SMALL_BODY", "TICK", "DownloadPace", "Pace", "SlowClient", "UploadPace", "pace_upload"]
 
 TICK = 0.25
+# A whole response body this small fits a TCP send buffer as configured by default (Linux: 16 KiB), so the server
+# takes it without waiting for the client: such a relay cannot be held by a slow reader and is not paced.
+SMALL_BODY = 16384
 # The rest of the body is never read: the connection closes after the answer (RFC 9112 9.6).
 SLOW_UPLOAD = Answer(
     408, b"The request body came too slowly (AFFINITY_MIN_RATE).\n", headers=((b"connection", b"close"),)
@@ -58,7 +61,7 @@ class _Sweeper:
         for pace in [p for p in self.paces if p.ran_out(now)]:
             self.paces.discard(pace)
             pace.expired = True
-            pace.on_slow(pace)
+            pace.slow()
         self.handle = self.loop.call_later(TICK, self.sweep) if self.paces else None
 
 
@@ -66,18 +69,19 @@ _SWEEPERS: PerLoop[_Sweeper] = PerLoop(_Sweeper)
 
 
 class Pace:
-    """The client's time credit for one body (see the module docstring)."""
+    """The client's time credit for one body (see the module docstring); :meth:`slow` is what running out does.
 
-    __slots__ = ("_grace", "_rate", "_since", "_sweeper", "credit", "expired", "on_slow", "task")
+    No reference cycles (a forward's objects must not wait for the cycle collector): what ``slow`` needs is held
+    by the pace itself, and nothing it holds refers back to it."""
 
-    def __init__(self, grace: float, min_rate: float, on_slow: Callable[[Pace], None]) -> None:
+    __slots__ = ("_grace", "_rate", "_since", "_sweeper", "credit", "expired")
+
+    def __init__(self, grace: float, min_rate: float) -> None:
         self._sweeper = _SWEEPERS.get()
         self._grace = self.credit = grace
         self._rate = min_rate
         self._since: float | None = None
         self.expired = False
-        self.on_slow = on_slow
-        self.task: asyncio.Task[Any] | None = None
 
     def client_turn(self) -> None:
         """The body waits on the client from now (and is swept until :meth:`stop`)."""
@@ -102,20 +106,83 @@ class Pace:
         self._since = None
         self._sweeper.paces.discard(self)
 
+    def slow(self) -> None:
+        raise NotImplementedError
 
-def _cancel_waiter(pace: Pace) -> None:
-    """An upload's ``on_slow``: the task waiting for the client's next chunk stops waiting (see _paced_upload)."""
-    if pace.task is not None and not pace.task.done():
-        pace.task.cancel()
+
+class UploadPace(Pace):
+    """An upload's pace: running out cancels the wait for the client's next chunk (see :func:`_paced_upload`)."""
+
+    __slots__ = ("task",)
+
+    def __init__(self, grace: float, min_rate: float) -> None:
+        super().__init__(grace, min_rate)
+        self.task: asyncio.Task[Any] | None = None
+
+    def slow(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+class DownloadPace(Pace):
+    """The rest of a response body under a pace, and the peer slot the relay releases in its place.
+
+    The client's time is the time between handing it a chunk and being asked for the next one (its server waits
+    for the client to read). The slot is released once: by the relay's end (which ends the pace) or by a client
+    found too slow, which frees the peer at once (its connection closed, its slot released) rather than when the
+    client next reads; the next chunk asked for then raises :class:`SlowClient`."""
+
+    __slots__ = ("_chunks", "_response", "_size", "_slot")
+
+    def __init__(
+        self, grace: float, min_rate: float, response: Any, chunks: AsyncIterator[bytes], first: int, slot: Any
+    ) -> None:
+        super().__init__(grace, min_rate)
+        self._response = response
+        self._chunks = chunks
+        self._size = first
+        self._slot = slot
+        self.client_turn()  # the response head and the first body bytes are the client's to take
+
+    def __aiter__(self) -> DownloadPace:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self.moved(self._size)
+        if self.expired:
+            raise SlowClient("the client read its response too slowly (AFFINITY_MIN_RATE)")
+        try:
+            chunk = await self._chunks.__anext__()
+        except BaseException:
+            self.stop()
+            raise
+        self.client_turn()
+        self._size = len(chunk)
+        return chunk
+
+    def release(self) -> None:
+        self.stop()
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.release()
+
+    def slow(self) -> None:
+        closing = asyncio.ensure_future(self._response.aclose(reusable=False))
+        _closing.add(closing)
+        closing.add_done_callback(_closing.discard)
+        self.release()
+
+
+_closing: set[asyncio.Future[None]] = set()
 
 
 def pace_upload(stream: Callable[[], AsyncIterator[bytes]], grace: float, min_rate: float) -> tuple[Pace, Any]:
     """An upload's pace, and the body factory for the transport: ``stream()`` read under it."""
-    pace = Pace(grace, min_rate, _cancel_waiter)
+    pace = UploadPace(grace, min_rate)
     return pace, lambda: _paced_upload(stream(), pace)
 
 
-async def _paced_upload(body: AsyncIterable[bytes], pace: Pace) -> AsyncIterator[bytes]:
+async def _paced_upload(body: AsyncIterable[bytes], pace: UploadPace) -> AsyncIterator[bytes]:
     """The client's request body, cut off with :class:`SlowClient` once the client is too slow to send it.
 
     The transport's task waits here for the client's next chunk; when the credit runs out that wait is cancelled
@@ -143,71 +210,3 @@ async def _paced_upload(body: AsyncIterable[bytes], pace: Pace) -> AsyncIterator
             yield chunk
     finally:
         pace.stop()
-
-
-class _PacedChunks:
-    """The rest of a response body under a pace. The client's time is the time between handing it a chunk and
-    being asked for the next one (its server waits for the client to read); once the client ran out, the next
-    chunk asked for raises :class:`SlowClient` (the peer was freed already)."""
-
-    __slots__ = ("_chunks", "_pace", "_size")
-
-    def __init__(self, chunks: AsyncIterator[bytes], pace: Pace, first: int) -> None:
-        self._chunks = chunks
-        self._pace = pace
-        self._size = first
-        pace.client_turn()  # the response head and the first body bytes are the client's to take
-
-    def __aiter__(self) -> _PacedChunks:
-        return self
-
-    async def __anext__(self) -> bytes:
-        pace = self._pace
-        pace.moved(self._size)
-        if pace.expired:
-            raise SlowClient("the client read its response too slowly (AFFINITY_MIN_RATE)")
-        try:
-            chunk = await self._chunks.__anext__()
-        except BaseException:
-            pace.stop()
-            raise
-        pace.client_turn()
-        self._size = len(chunk)
-        return chunk
-
-
-class _PacedSlot:
-    """The peer slot of a paced download, released once: by the relay's end (which also ends the pace) or by a
-    client found too slow, which frees the peer at once rather than when the client next reads."""
-
-    __slots__ = ("_pace", "_slot")
-
-    def __init__(self, slot: Any) -> None:
-        self._slot = slot
-        self._pace: Pace | None = None
-
-    def release(self) -> None:
-        if self._pace is not None:
-            self._pace.stop()
-        slot, self._slot = self._slot, None
-        if slot is not None:
-            slot.release()
-
-
-_closing: set[asyncio.Future[None]] = set()
-
-
-def pace_download(
-    response: Any, chunks: AsyncIterator[bytes], first: int, slot: Any, grace: float, min_rate: float
-) -> tuple[AsyncIterator[bytes], Any]:
-    """The rest of a response body under a minimum rate, and the slot to release (once) in place of ``slot``."""
-    paced = _PacedSlot(slot)
-
-    def free(_: Pace) -> None:
-        closing = asyncio.ensure_future(response.aclose(reusable=False))
-        _closing.add(closing)
-        closing.add_done_callback(_closing.discard)
-        paced.release()
-
-    pace = paced._pace = Pace(grace, min_rate, free)
-    return _PacedChunks(chunks, pace, first), paced

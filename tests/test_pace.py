@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from affinity_mw._pace import TICK, Pace, SlowClient, _cancel_waiter, _paced_upload, pace_download
+from affinity_mw._pace import TICK, DownloadPace, SlowClient, UploadPace, _paced_upload
 
 
 def run(coro: object) -> None:
@@ -34,7 +34,7 @@ def test_an_upload_that_stalls_is_cut_off_after_the_grace_and_the_task_is_not_le
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(SlowClient):
-            await collect(_paced_upload(stalled(), Pace(0.2, 1000.0, _cancel_waiter)))
+            await collect(_paced_upload(stalled(), UploadPace(0.2, 1000.0)))
         assert 0.15 < loop.time() - started < 2
         await asyncio.sleep(0)  # a task still marked as cancelled would be cancelled here
         task = asyncio.current_task()
@@ -47,9 +47,9 @@ def test_a_trickling_upload_is_cut_off_and_a_steady_one_is_not() -> None:
     async def main() -> None:
         # 1 byte per 50 ms against 100 B/s after 0.3 s: the budget grows 10 ms per byte, the client uses 50 ms.
         with pytest.raises(SlowClient):
-            await collect(_paced_upload(trickle(1, 0.05, 100), Pace(0.3, 100.0, _cancel_waiter)))
+            await collect(_paced_upload(trickle(1, 0.05, 100), UploadPace(0.3, 100.0)))
         # 100 bytes per 50 ms: 2,000 B/s against the same 100 B/s.
-        assert len(await collect(_paced_upload(trickle(100, 0.05, 12), Pace(0.3, 100.0, _cancel_waiter)))) == 1200
+        assert len(await collect(_paced_upload(trickle(100, 0.05, 12), UploadPace(0.3, 100.0)))) == 1200
 
     run(main())
 
@@ -75,7 +75,7 @@ def test_the_peers_time_never_counts_against_the_client() -> None:
 
     async def main() -> None:
         slot, response = FakeSlot(), FakeResponse()
-        chunks, paced_slot = pace_download(response, trickle(1, 0.15, 4), 0, slot, 0.1, 1000.0)
+        chunks = paced_slot = DownloadPace(0.1, 1000.0, response, trickle(1, 0.15, 4), 0, slot)
         assert await collect(chunks) == b"xxxx"
         await asyncio.sleep(0.3)
         assert (slot.released, response.closed) == (0, [])
@@ -90,7 +90,7 @@ def test_a_client_that_stops_reading_frees_the_peer_at_once() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         slot, response = FakeSlot(), FakeResponse()
-        chunks, paced_slot = pace_download(response, trickle(10, 0, 100), 10, slot, 0.2, 1000.0)
+        chunks = paced_slot = DownloadPace(0.2, 1000.0, response, trickle(10, 0, 100), 10, slot)
         started = loop.time()
         assert await chunks.__anext__() == b"x" * 10
         while not slot.released and loop.time() - started < 2:
