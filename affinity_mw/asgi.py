@@ -22,6 +22,7 @@ from .config import ConfigurationError
 from .core import AffinityCore
 from .forward import BODY_TOO_LARGE, AsyncTransport, BodyLimit, BodyTooLarge, ForwardError
 from .router import LOCAL, Decision
+from .routes import app_exclusions
 from .transports import HttpxTransport, async_transport
 
 __all__ = ["AffinityMiddleware"]
@@ -74,6 +75,8 @@ class AffinityMiddleware:
         self.transport: AsyncTransport = transport
         self.slots = AsyncPeerSlots(core.settings.pool_size, core.settings.pool_timeout)
         self._key_header = core.router.header_key
+        self._loads = core.router.balancer.loads if core.router.balancer is not None else None
+        core.mark_unrouted(app_exclusions(app))
         self._websockets = WebSocketRouting(core, app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,27 +84,34 @@ class AffinityMiddleware:
             if scope["type"] == "websocket":  # the same admission; then served here or relayed (_wsroute.py)
                 return await self._websockets(scope, receive, send, self._key_header)
             if scope["type"] == "lifespan":
-                receive = self._watch_lifespan(receive)
+                receive = self._watch_lifespan(receive, scope.get("app"))
             await self.app(scope, receive, send)
             return
-        request = ScopeRequest(scope, receive, self._key_header)
-        decision = self.core.admit(request)
-        if isinstance(decision, Answer):
-            await _plain(send, decision)
-        elif decision.action == LOCAL:
-            await self._serve_local(request.scope, receive, send, decision)
-        else:
-            forwarding = self.core.forwarding
-            assert forwarding is not None  # a forward decision needs a peer, and a peer needs the secret
-            outcome = await forward_async(forwarding, decision, request, self.transport, self.slots)
-            if type(outcome) is Relay:
-                await self._relay(outcome, receive, send, request.reader)
-            elif type(outcome) is Answer:
-                await _plain(send, outcome)
-            elif outcome is SERVE_LOCAL:
+        loads = self._loads
+        if loads is not None:
+            loads.inflight += 1  # bounded loads' floor: requests this node is serving or forwarding now
+        try:
+            request = ScopeRequest(scope, receive, self._key_header)
+            decision = self.core.admit(request)
+            if isinstance(decision, Answer):
+                await _plain(send, decision)
+            elif decision.action == LOCAL:
                 await self._serve_local(request.scope, receive, send, decision)
-            else:  # ABORT: the client left mid-upload; nobody to answer
-                assert outcome is ABORT
+            else:
+                forwarding = self.core.forwarding
+                assert forwarding is not None  # a forward decision needs a peer, and a peer needs the secret
+                outcome = await forward_async(forwarding, decision, request, self.transport, self.slots)
+                if type(outcome) is Relay:
+                    await self._relay(outcome, receive, send, request.reader)
+                elif type(outcome) is Answer:
+                    await _plain(send, outcome)
+                elif outcome is SERVE_LOCAL:
+                    await self._serve_local(request.scope, receive, send, decision)
+                else:  # ABORT: the client left mid-upload; nobody to answer
+                    assert outcome is ABORT
+        finally:
+            if loads is not None:
+                loads.inflight -= 1
 
     def _serve_local(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> Awaitable[None]:
         """The app's own coroutine for a request served here (the caller awaits it): no coroutine of ours in
@@ -169,12 +179,14 @@ class AffinityMiddleware:
             finally:
                 relay.slot.release()
 
-    def _watch_lifespan(self, receive: Receive) -> Receive:
+    def _watch_lifespan(self, receive: Receive, app: Any = None) -> Receive:
         async def wrapped() -> Message:
             message = await receive()
             if message["type"] == "lifespan.startup":  # async ownership callbacks run on the server's loop
                 self.core.ownership.bind_loop(asyncio.get_running_loop())
-            if message["type"] == "lifespan.shutdown":
+                if app is not None:  # FastAPI's add_middleware: routes marked unrouted are the scope app's
+                    self.core.mark_unrouted(app_exclusions(app))
+            elif message["type"] == "lifespan.shutdown":
                 self.core.start_draining()
                 await self.transport.aclose()
             return message

@@ -16,6 +16,7 @@ from typing import Any
 
 from ._addresses import normalize_url
 from .keys import Extractor, KeyOptions, from_spec
+from .routes import RoutePolicy
 
 __all__ = ["OPTIONS", "ConfigurationError", "Option", "Settings", "member_ids"]
 
@@ -84,6 +85,11 @@ def _float(value: str) -> float:
 
 def _int(value: str) -> int:
     return int(value)
+
+
+def _factor(value: str) -> float | None:
+    lowered = value.strip().lower()
+    return None if lowered in ("", "off", "0") else float(lowered)
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -220,6 +226,22 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds a forward waits for a free connection to a busy peer before answering 503 with Retry-After.",
     ),
     Option(
+        "min_rate",
+        "AFFINITY_MIN_RATE",
+        500.0,
+        _float,
+        "Slowest a client may send or read a forwarded body (ASGI), in bytes per second of its own time: one that "
+        "falls behind by more than `AFFINITY_MIN_RATE_GRACE` seconds, or stalls that long, is cut off (408, or an "
+        "aborted download) and the peer's slot freed, so slow clients cannot hold a peer's slots. 0 turns it off.",
+    ),
+    Option(
+        "min_rate_grace",
+        "AFFINITY_MIN_RATE_GRACE",
+        20.0,
+        _float,
+        "Seconds of its own time a client may fall behind `AFFINITY_MIN_RATE` (or stall) on a forwarded body.",
+    ),
+    Option(
         "max_header_bytes",
         "AFFINITY_MAX_HEADER_BYTES",
         65536,
@@ -297,6 +319,52 @@ OPTIONS: tuple[Option, ...] = (
         "Who owns a key: `ring` (consistent hashing, vnodes), `maglev` (lookup table), `rendezvous` (HRW) or "
         "`nginx` (nginx's `hash $key consistent`, so an nginx in front agrees: docs/membership.md); every node "
         "must use the same (docs/benchmarks.md compares the first three).",
+    ),
+    Option(
+        "balance_factor",
+        "AFFINITY_BALANCE_FACTOR",
+        None,
+        _factor,
+        "Bounded loads: a node takes at most this many times its fair share of recent requests; a heavy key "
+        "whose owner is over it goes to its next successor with room (`off` routes every key to its owner; "
+        "docs/hot-tenants.md).",
+    ),
+    Option(
+        "balance_floor",
+        "AFFINITY_BALANCE_FLOOR",
+        1,
+        _int,
+        "Bounded loads spill nothing while this node has fewer than this many other requests in flight.",
+    ),
+    Option(
+        "hot_keys",
+        "AFFINITY_HOT_KEYS",
+        32,
+        _int,
+        "Keys counted for the top keys by recent request rate (status page, metrics); 0 turns the count off.",
+    ),
+    Option(
+        "show_keys",
+        "AFFINITY_SHOW_KEYS",
+        False,
+        _bool,
+        "`1` shows hot keys as they are on the status page and in metrics, instead of their hashes.",
+    ),
+    Option(
+        "routes",
+        "AFFINITY_ROUTES",
+        None,
+        _opt_str,
+        "Which routes are routed by key: rules `[!][METHOD[|METHOD]] /PATH` (`*` one segment, `**` any), "
+        "first match wins, e.g. `!GET /reports/**` (docs/hot-tenants.md).",
+    ),
+    Option(
+        "mode",
+        "AFFINITY_MODE",
+        "route",
+        _choice("route", "shadow"),
+        "`shadow` decides and counts as if routing were on, serves everything here, and reports the locality "
+        "and load spread routing would give.",
     ),
     Option(
         "workers",
@@ -466,6 +534,8 @@ class Settings:
     keepalive: float = 1.5
     pool_size: int = 100
     pool_timeout: float = 2.0
+    min_rate: float = 500.0
+    min_rate_grace: float = 20.0
     max_header_bytes: int = 65536
     max_body: int = 0
     transport: str = "asyncio"
@@ -479,6 +549,12 @@ class Settings:
     vnodes: int = 160
     ring: str = "ring"
     workers: int = 1
+    balance_factor: float | None = None
+    balance_floor: int = 1
+    hot_keys: int = 32
+    show_keys: bool = False
+    routes: str | None = None
+    mode: str = "route"
     max_key_length: int = 1024
     trusted_proxies: int = 0
     jwt_key: str | None = None
@@ -561,10 +637,28 @@ class Settings:
             errors.append("eject_time (AFFINITY_EJECT_TIME) must be a positive number of seconds")
         if self.health_interval < 0:
             errors.append("health_interval (AFFINITY_HEALTH_INTERVAL) must be 0 (off) or more seconds")
+        if self.balance_factor is not None and not 1 < self.balance_factor < float("inf"):
+            errors.append(f"AFFINITY_BALANCE_FACTOR must be off or a number above 1, got {self.balance_factor!r}")
+        if self.balance_floor < 0 or self.hot_keys < 0:
+            errors.append("balance_floor (AFFINITY_BALANCE_FLOOR) and hot_keys (AFFINITY_HOT_KEYS) must be 0 or more")
+        if self.balance_factor is not None and self.hot_keys < 1:
+            errors.append("bounded loads (AFFINITY_BALANCE_FACTOR) count hot keys: set AFFINITY_HOT_KEYS to 1 or more")
+        if self.routes is not None:
+            try:
+                RoutePolicy.parse(self.routes)
+            except ValueError as exc:
+                errors.append(str(exc))
         for name in ("ws_drain_grace", "ws_move_grace", "ws_ping"):
             if getattr(self, name) < 0:
                 errors.append(f"{name} ({_BY_NAME[name].env}) must be 0 or more seconds")
-        for name in ("ring", "transport", "no_key", "fallback", "ws_on_move"):  # keyword values skip the env checks
+        for name in (
+            "ring",
+            "transport",
+            "no_key",
+            "fallback",
+            "ws_on_move",
+            "mode",
+        ):  # keyword values skip the env checks
             option = _BY_NAME[name]
             try:
                 option.parse(str(getattr(self, name)))
@@ -589,6 +683,10 @@ class Settings:
                 errors.append(f"{name} ({_BY_NAME[name].env}) must be a positive number of seconds")
         if self.max_body < 0:
             errors.append("max_body (AFFINITY_MAX_BODY) must be 0 (no limit) or more bytes")
+        if not self.min_rate >= 0:
+            errors.append("min_rate (AFFINITY_MIN_RATE) must be 0 (off) or more bytes per second")
+        if not self.min_rate_grace > 0:
+            errors.append("min_rate_grace (AFFINITY_MIN_RATE_GRACE) must be a positive number of seconds")
         if self.trusted_proxies < 0:
             errors.append("trusted_proxies (AFFINITY_TRUSTED_PROXIES) must be 0 or more")
         clustered = len(self.peers) > 1 or self.dns is not None

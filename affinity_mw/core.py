@@ -18,10 +18,12 @@ from typing import Any, Protocol
 
 from ._plan import Answer, Forwarding, RetryBudget, debug_headers
 from ._wssessions import MOVED_REASON, OpenWebSockets, Session
+from .balance import Balancer, BoundedLoads, hot_status
 from .config import Settings
 from .forward import BODY_TOO_LARGE, DRAINING_HEADER, HEADERS_TOO_LARGE, Headers
 from .health import PeerHealth, answers_200
 from .hop import HopMarker, HopSigner
+from .hotkeys import HotKeys
 from .introspect import AUTH_HEADER, Introspection
 from .keys import generating_cookie
 from .membership import membership_from_settings
@@ -30,6 +32,7 @@ from .ownership import MintError, OwnershipChange, OwnershipHooks, mint_key, own
 from .request import RequestView
 from .ring import Ring
 from .router import REJECT, Decision, Router
+from .routes import RoutePolicy, with_exclusions
 
 __all__ = ["AffinityCore", "Incoming"]
 
@@ -97,6 +100,7 @@ class AffinityCore:
             check=self._answers_health_path,
             interval=checks,
         )
+        hot = HotKeys(settings.hot_keys) if settings.hot_keys else None
         self.router = router = Router(
             membership=membership,
             extractor=settings.extractor,
@@ -105,11 +109,26 @@ class AffinityCore:
             max_attempts=settings.max_attempts,
             max_key_length=settings.max_key_length,
             health=self.health,
+            hot=hot,
+            balancer=(
+                Balancer(BoundedLoads(settings.balance_factor, settings.balance_floor), len(membership.ring), hot)
+                if settings.balance_factor is not None and hot is not None
+                else None
+            ),
+            routes=RoutePolicy.parse(settings.routes) if settings.routes else None,
+            shadow=settings.mode == "shadow",
         )
+        self._configured_routes = router.routes
         self.counters = router.counters
         self.draining = False
         is_draining = self._is_draining
-        self.metrics = Metrics(counters=self.counters, membership=membership, health=self.health, draining=is_draining)
+        self.metrics = Metrics(
+            counters=self.counters,
+            membership=membership,
+            health=self.health,
+            draining=is_draining,
+            hot=functools.partial(hot_status, router, settings.show_keys),
+        )
         self.debug_headers = settings.debug_headers
         self.fallback_local = settings.fallback == "local"
         self.health_path = settings.health_path
@@ -150,10 +169,18 @@ class AffinityCore:
                 forwarded_headers=settings.forwarded_headers,
                 max_body=settings.max_body,
                 debug_headers=settings.debug_headers,
+                min_rate=settings.min_rate,
+                min_rate_grace=settings.min_rate_grace,
             )
             if self.signer is not None
             else None
         )
+
+    def mark_unrouted(self, rules: list[str]) -> None:
+        """Exclusions for the app's routes marked with :func:`~affinity_mw.routes.unrouted`, tried before the
+        ``AFFINITY_ROUTES`` rules (found again from scratch each time the app is read, never stacked)."""
+        if rules:
+            self.router.routes = with_exclusions(self._configured_routes, rules)
 
     @property
     def self_id(self) -> str | None:

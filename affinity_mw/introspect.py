@@ -166,6 +166,9 @@ class Introspection:
             "membership": getattr(self.membership, "stats", None),
             "websockets_open": self.websockets(),
             "ownership_changes": self.ownership(),
+            "hot_keys": metrics["hot_keys"],
+            "balance": metrics["balance"],
+            "shadow": metrics["shadow"],
         }
 
 
@@ -217,6 +220,10 @@ _PAGE = """<!doctype html>
  open websockets</h2>
 <table><thead><tr><th>when (UTC)</th><th>ring</th><th>keys gained</th><th>keys lost</th></tr></thead>
 <tbody id="changes"></tbody></table>
+<h2 style="font-size:16px;margin:20px 0 6px">hot keys <span class="sub" id="balance"></span></h2>
+<table><thead><tr><th>key</th><th>share of recent requests</th><th>spilled</th></tr></thead>
+<tbody id="hot"></tbody></table>
+<div class="sub" id="shadow"></div>
 <script id="initial" type="application/json">__DATA__</script>
 <script>
 const COLORS = __COLORS__;
@@ -276,6 +283,19 @@ function render(s){
   tr.appendChild(el("td", {}, pct(c.gained_fraction))); tr.appendChild(el("td", {}, pct(c.lost_fraction)));
   changes.appendChild(tr);
  });
+ const hot = document.getElementById("hot"); hot.replaceChildren();
+ for (const h of (s.hot_keys || [])) {
+  const tr = el("tr", {"data-hot": h.key}); tr.appendChild(el("td", {}, h.key));
+  tr.appendChild(el("td", {}, (100 * h.share).toFixed(1) + "%")); tr.appendChild(el("td", {}, String(h.spilled)));
+  hot.appendChild(tr);
+ }
+ const b = s.balance;
+ document.getElementById("balance").textContent = b ? "bounded loads: factor " + b.factor + ", " + b.in_flight +
+   " in flight, spilled to " + JSON.stringify(b.spilled_to) : "bounded loads off";
+ const sh = s.shadow;
+ document.getElementById("shadow").textContent = sh ? "shadow mode: " + sh.keyed_requests +
+   " keyed requests; locality today " + (100 * (sh.locality_today || 0)).toFixed(1) + "%, with routing " +
+   (100 * (sh.locality_routed || 0)).toFixed(1) + "%; busiest node " + sh.busiest_over_mean + " x the mean" : "";
 }
 render(JSON.parse(document.getElementById("initial").textContent));
 setInterval(() => fetch("__BASE__/status.json", {cache: "no-store"}).then(r => r.ok ? r.json() : null)

@@ -192,7 +192,10 @@ def simulate(
             chosen = 0
             if balancer is not None:
                 balancer.loads.inflight += 1
-                chosen = balancer.place(key, order, shares[key])
+                if balancer.heavy(key):
+                    chosen = balancer.place(key, order, shares[key])
+                else:
+                    balancer.record(order[0])
             spilled += chosen > 0
             target = order[chosen]
             req_node[index] = target

@@ -57,6 +57,14 @@ COUNTERS: dict[str, tuple[str, str]] = {
     ),
     "forward_errors": ("affinity_forward_errors_total", "Forward attempts that failed (refused, reset, timed out)."),
     "retries": ("affinity_forward_retries_total", "Idempotent requests retried on another peer after a failure."),
+    "excluded": (
+        "affinity_excluded_requests_total",
+        "Requests on routes AFFINITY_ROUTES leaves unrouted (served here).",
+    ),
+    "shadow_forward": (
+        "affinity_shadow_forwards_total",
+        "Requests routing would have forwarded, served here (AFFINITY_MODE=shadow).",
+    ),
     "cookies_issued": (
         "affinity_cookies_issued_total",
         "Generated affinity cookies set on responses to requests that carried no key.",
@@ -86,16 +94,23 @@ class LatencyHistogram:
 
 
 class Metrics:
-    """Reads the router's counters, peer health, membership and whether this node drains; owns the per-peer
-    latency histograms."""
+    """Reads the router's counters, peer health, membership, whether this node drains and the hot-key figures;
+    owns the per-peer latency histograms."""
 
     def __init__(
-        self, *, counters: Mapping[str, int], membership: Any, health: Any, draining: Callable[[], bool]
+        self,
+        *,
+        counters: Mapping[str, int],
+        membership: Any,
+        health: Any,
+        draining: Callable[[], bool],
+        hot: Callable[[], dict[str, Any]] = lambda: {"hot_keys": [], "balance": None, "shadow": None},
     ) -> None:
         self.counters = counters
         self.membership = membership
         self.health = health
         self.draining = draining
+        self.hot = hot  # hot keys, bounded loads and shadow mode (balance.hot_status)
         self.latency: dict[str, LatencyHistogram] = {}
         self._lock = threading.Lock()
         self.clock: Callable[[], float] = time.monotonic
@@ -136,7 +151,7 @@ class Metrics:
         c = self.counters
         now_values = (
             c["local_owner"] + c["hop"] - c["misroute"],
-            c["local_owner"] + c["hop"] + c["failover"] + c["fallback"],
+            c["local_owner"] + c["hop"] + c["failover"] + c["fallback"] + c["local_spill"],
             c["local_owner"],
             c["local_owner"] + c["forwarded"],
         )
@@ -161,6 +176,7 @@ class Metrics:
             "peer_ejections": self.health.ejections_total,
             "set_aside": self.health.ejected(),
             "draining": self.draining(),
+            **self.hot(),
             "forward_latency_seconds": {
                 peer: {
                     "count": sum(h.counts),
@@ -197,6 +213,21 @@ class Metrics:
             "their key's owner (1 without any).",
             value=1.0 if ratio is None else ratio,
         )
+        hot = self.hot()
+        shares = GaugeMetricFamily(
+            "affinity_hot_key_share", "Share of this node's recent keyed requests, for its top keys.", labels=["key"]
+        )
+        for row in hot["hot_keys"]:
+            shares.add_metric([row["key"]], row["share"])
+        yield shares
+        spilled = CounterMetricFamily(
+            "affinity_spilled_requests",
+            "Requests bounded loads sent to a successor of their key's owner.",
+            labels=["peer"],
+        )
+        for peer, count in (hot["balance"] or {}).get("spilled_to", {}).items():
+            spilled.add_metric([peer], count)
+        yield spilled
         agreement = self.edge_agreement()
         yield GaugeMetricFamily(
             "affinity_edge_agreement_ratio",
