@@ -225,10 +225,11 @@ class AffinityCore:
             why = marker.mismatch(request.method, request.target(), self.membership.self_id)
             if why is None:
                 key = self._first_key(request, marker)
-                if (router.key_hash(key) if key is not None else None) != marker.key_hash:
+                if (self.membership.ring.key_hash(key) if key is not None else None) != marker.key_hash:
                     why = "key"
             if why is not None:
-                router.reject_marker(marker, why)
+                router.counters["marker_mismatch"] += 1
+                logger.debug("affinity-mw: a hop marker from %s is not for this request (%s)", marker.sender, why)
                 rejected, marker = marker, None
         elif marker is not None:
             router.counters["marker_legacy"] += 1
@@ -252,7 +253,7 @@ class AffinityCore:
             if marker is None:
                 decision = router.decide_by_header(request.key_value, request.method, path)
             else:
-                decision = router.hop_by_header(request.key_value, marker, request.method, path)
+                decision = router.hop(router.key_from_header(request.key_value), marker, request.method, path)
         else:
             decision = router.decide(request.view(), marker)
         if decision.action == REJECT:

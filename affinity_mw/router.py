@@ -276,30 +276,9 @@ class Router:
             self._log(method, path, decision)
         return decision
 
-    def reject_marker(self, marker: HopMarker, why: str) -> None:
-        """Count an authentic marker that came with a request it was not made for (``why``: node, request, key)."""
-        self.counters["marker_mismatch"] += 1
-        logger.debug(
-            "affinity-mw: a hop marker from %s is not for this request (%s): routed as unmarked", marker.sender, why
-        )
-
-    def key_hash(self, key: str) -> int:
-        """The key's hash on the current ring, as a marker carries it."""
-        return self._hash(key, self.membership.ring)
-
     def hop(self, key: str | None, marker: HopMarker, method: str, path: str) -> Decision:
         """Serve here a request a peer routed to this node, its key already extracted."""
-        membership = self.membership
-        decision = self._hop(membership.ring, key, marker, membership.self_id)
-        if logger.isEnabledFor(logging.DEBUG):
-            self._log(method, path, decision)
-        return decision
-
-    def hop_by_header(self, value: bytes | str | None, marker: HopMarker, method: str, path: str) -> Decision:
-        """:meth:`decide` for a request with an authentic ``marker`` when the key is a plain header and ``value`` is
-        its first value in the restored request: the owner's side of a forward, without a view."""
-        membership = self.membership
-        decision = self._hop(membership.ring, self.key_from_header(value), marker, membership.self_id)
+        decision = self._hop(self.membership.ring, key, marker, self.membership.self_id)
         if logger.isEnabledFor(logging.DEBUG):
             self._log(method, path, decision)
         return decision
