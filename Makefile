@@ -39,15 +39,17 @@ reliability: $(STAMP)
 	$(BIN)/python scripts/reliability_report.py bench/results/reliability.jsonl --write docs/reliability.md
 
 # Every benchmark, bounded (about 8 minutes on 2 cores): the ring algorithms, the ASGI stack under asyncio+h11 and
-# uvloop+httptools (bare, local, each transport, nginx), then the WSGI stack; raw results in bench/results/, from
-# which bench/report.py rewrites the tables in docs/benchmarks.md.
+# uvloop+httptools (bare, local, each transport, nginx), then the WSGI stack, then a websocket relayed against a
+# direct one; raw results in bench/results/, from which the tables in docs/benchmarks.md are rewritten.
 BENCH_RUN := --rounds 3 --duration 4 --warmup 1 --latency-duration 2 --idle-wait 5
 bench: $(STAMP)
 	bash bench/setup.sh --uvloop
 	$(BIN)/python bench/ring_bench.py --json bench/results/ring.json
 	$(BIN)/python bench/http_bench.py --no-ring --uvloop $(BENCH_RUN) --json bench/results/http.json
 	$(BIN)/python bench/http_bench.py --wsgi $(BENCH_RUN) --json bench/results/http-wsgi.json
+	$(BIN)/python bench/edge_bench.py --json bench/results/edge.json --write docs/benchmarks.md
 	$(BIN)/python bench/report.py --write docs/benchmarks.md
+	$(BIN)/python bench/ws_bench.py --json bench/results/ws.json --write docs/benchmarks.md
 	$(MAKE) bench-hot
 
 # Hot tenants on a real 3-node cluster, with and without bounded loads, side by side (about 1.5 minutes).

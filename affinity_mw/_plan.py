@@ -217,10 +217,12 @@ class Forwarding:
 
 
 def debug_headers(decision: Decision, self_id: str | None) -> Headers:
-    """``X-Affinity-Served-By`` and ``X-Affinity-Owner`` for a response this node produced or relayed."""
-    served_by = (decision.served_by or self_id or "").encode("latin-1")
-    owner = decision.owner.id.encode("latin-1") if decision.owner else b""
-    return [(SERVED_BY_HEADER, served_by), (OWNER_HEADER, owner)]
+    """``X-Affinity-Served-By`` for a response this node produced or relayed, and ``X-Affinity-Owner`` when the
+    request had a key (an empty header would say nothing, and some clients refuse empty values)."""
+    headers = [(SERVED_BY_HEADER, (decision.served_by or self_id or "").encode("latin-1"))]
+    if decision.owner is not None:
+        headers.append((OWNER_HEADER, decision.owner.id.encode("latin-1")))
+    return headers
 
 
 class ForwardPlan:

@@ -11,7 +11,7 @@ from .forward import BodyLimit, ClientGone, ForwardError, restore_forwarded
 from .hop import HOP_HEADER, INTERNAL_SPELLINGS, HopMarker
 from .request import RequestView
 
-__all__ = ["RequestBody", "ScopeRequest", "first_header"]
+__all__ = ["RequestBody", "ScopeRequest", "expose", "first_header"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -142,6 +142,14 @@ class RequestBody:
             if not message.get("more_body", False):
                 self.done = True
                 return
+
+
+def expose(scope: Scope, decision: Any) -> None:
+    """Put the decision where the app reads it: ``scope["state"]["affinity"]`` (Starlette's ``request.state``)."""
+    state = scope.get("state")
+    if state is None:
+        scope["state"] = state = {}
+    state["affinity"] = decision
 
 
 def first_header(headers: Any, name: bytes) -> bytes | None:

@@ -15,11 +15,14 @@ from typing import Any
 
 from ._forwarding import forward_async
 from ._plan import ABORT, SERVE_LOCAL, Answer, Relay
-from ._scope import RequestBody, ScopeRequest, first_header
+from ._scope import RequestBody, ScopeRequest, expose, first_header
 from ._slots import AsyncPeerSlots
+from ._wsroute import WebSocketRouting
+from .config import ConfigurationError
 from .core import AffinityCore
 from .forward import BODY_TOO_LARGE, AsyncTransport, BodyLimit, BodyTooLarge, ForwardError
 from .router import LOCAL, Decision
+from .routes import app_exclusions
 from .transports import HttpxTransport, async_transport
 
 __all__ = ["AffinityMiddleware"]
@@ -34,7 +37,7 @@ logger = logging.getLogger("affinity_mw")
 
 
 class AffinityMiddleware:
-    """Route each HTTP request to the node that owns its affinity key.
+    """Route each HTTP request and websocket to the node that owns its affinity key.
 
     With no keyword options everything is read from ``AFFINITY_*`` environment variables; keyword options (the
     names in ``docs/configuration.md``) win over the environment::
@@ -55,7 +58,15 @@ class AffinityMiddleware:
 
     def __init__(self, app: ASGIApp, *, transport: Any = None, membership: Any = None, **options: Any) -> None:
         self.app = app
-        self.core = core = AffinityCore(membership=membership, **options)
+        try:
+            self.core = core = AffinityCore(membership=membership, **options)
+        except ConfigurationError as exc:
+            if not _server_running():
+                raise
+            # A running server is building us: Starlette builds its middleware in its first call, the lifespan's,
+            # where uvicorn's default --lifespan auto takes an exception for "no lifespan support" and serves on.
+            self.__class__, self.error = _FailedStartup, exc
+            return
         options = core.transport_options()
         if transport is None:
             transport = async_transport(core.settings.transport, **options)
@@ -64,40 +75,49 @@ class AffinityMiddleware:
         self.transport: AsyncTransport = transport
         self.slots = AsyncPeerSlots(core.settings.pool_size, core.settings.pool_timeout)
         self._key_header = core.router.header_key
+        self._loads = core.router.balancer.loads if core.router.balancer is not None else None
+        core.mark_unrouted(app_exclusions(app))
+        self._websockets = WebSocketRouting(core, app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":  # the same admission; then served here or relayed (_wsroute.py)
+                return await self._websockets(scope, receive, send, self._key_header)
             if scope["type"] == "lifespan":
-                receive = self._watch_lifespan(receive)
+                receive = self._watch_lifespan(receive, scope.get("app"))
             await self.app(scope, receive, send)
             return
-        request = ScopeRequest(scope, receive, self._key_header)
-        decision = self.core.admit(request)
-        if isinstance(decision, Answer):
-            await _plain(send, decision)
-        elif decision.action == LOCAL:
-            await self._serve_local(request.scope, receive, send, decision)
-        else:
-            forwarding = self.core.forwarding
-            assert forwarding is not None  # a forward decision needs a peer, and a peer needs the secret
-            outcome = await forward_async(forwarding, decision, request, self.transport, self.slots)
-            if type(outcome) is Relay:
-                await self._relay(outcome, receive, send, request.reader)
-            elif type(outcome) is Answer:
-                await _plain(send, outcome)
-            elif outcome is SERVE_LOCAL:
+        loads = self._loads
+        if loads is not None:
+            loads.inflight += 1  # bounded loads' floor: requests this node is serving or forwarding now
+        try:
+            request = ScopeRequest(scope, receive, self._key_header)
+            decision = self.core.admit(request)
+            if isinstance(decision, Answer):
+                await _plain(send, decision)
+            elif decision.action == LOCAL:
                 await self._serve_local(request.scope, receive, send, decision)
-            else:  # ABORT: the client left mid-upload; nobody to answer
-                assert outcome is ABORT
+            else:
+                forwarding = self.core.forwarding
+                assert forwarding is not None  # a forward decision needs a peer, and a peer needs the secret
+                outcome = await forward_async(forwarding, decision, request, self.transport, self.slots)
+                if type(outcome) is Relay:
+                    await self._relay(outcome, receive, send, request.reader)
+                elif type(outcome) is Answer:
+                    await _plain(send, outcome)
+                elif outcome is SERVE_LOCAL:
+                    await self._serve_local(request.scope, receive, send, decision)
+                else:  # ABORT: the client left mid-upload; nobody to answer
+                    assert outcome is ABORT
+        finally:
+            if loads is not None:
+                loads.inflight -= 1
 
     def _serve_local(self, scope: Scope, receive: Receive, send: Send, decision: Decision) -> Awaitable[None]:
         """The app's own coroutine for a request served here (the caller awaits it): no coroutine of ours in
         between unless a response header or a body limit needs one."""
-        state = scope.get("state")
-        if state is None:
-            scope["state"] = state = {}
-        state["affinity"] = decision
-        extra = self.core.serve_here(decision)
+        expose(scope, decision)
+        extra = self.core.serve_here(decision, scope["scheme"])
         if extra:
             send = _with_headers(send, extra)
         if not (self.core.max_body and _unframed(scope)):
@@ -159,15 +179,40 @@ class AffinityMiddleware:
             finally:
                 relay.slot.release()
 
-    def _watch_lifespan(self, receive: Receive) -> Receive:
+    def _watch_lifespan(self, receive: Receive, app: Any = None) -> Receive:
         async def wrapped() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.shutdown":
+            if message["type"] == "lifespan.startup":  # async ownership callbacks run on the server's loop
+                self.core.ownership.bind_loop(asyncio.get_running_loop())
+                if app is not None:  # FastAPI's add_middleware: routes marked unrouted are the scope app's
+                    self.core.mark_unrouted(app_exclusions(app))
+            elif message["type"] == "lifespan.shutdown":
                 self.core.start_draining()
                 await self.transport.aclose()
             return message
 
         return wrapped
+
+
+class _FailedStartup(AffinityMiddleware):
+    """An AffinityMiddleware whose settings are invalid: it fails the lifespan start-up with the message, which
+    ASGI servers treat as a start-up failure and exit on, and raises it for any request (``--lifespan off``)."""
+
+    error: ConfigurationError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            raise self.error
+        if (await receive())["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.failed", "message": str(self.error)})
+
+
+def _server_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class _LimitedBody:

@@ -26,7 +26,7 @@ from typing import Any
 
 from .balance import DEFAULT_FLOOR
 from .membership import StaticMembership, normalize_url
-from .ring import DEFAULT_ALGORITHM, Node, Ring, build_ring, hash_key
+from .ring import DEFAULT_ALGORITHM, Node, Ring, build_ring
 
 __all__ = ["main"]
 
@@ -58,7 +58,7 @@ def cmd_owner(args: argparse.Namespace) -> int:
     ring = _ring(args)
     rows = []
     for key in args.keys:
-        order = [n.id for n in ring.successors(hash_key(key))]
+        order = [n.id for n in ring.successors(ring.key_hash(key))]
         rows.append({"key": key, "owner": order[0], "failover_order": order})
     table = [["key", "owner", "then"]] + [[r["key"], r["owner"], ", ".join(r["failover_order"][1:])] for r in rows]
     _print(args, rows if len(rows) > 1 else rows[0], table)
@@ -279,6 +279,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
             upstream=args.upstream,
             trusted_proxies=settings.trusted_proxies,
             listen=args.listen,
+            keepalive_timeout=settings.keepalive,
             source=source,
             notes=notes,
         ),

@@ -16,6 +16,7 @@ from typing import Any
 
 from ._addresses import normalize_url
 from .keys import Extractor, KeyOptions, from_spec
+from .routes import RoutePolicy
 
 __all__ = ["OPTIONS", "ConfigurationError", "Option", "Settings", "member_ids"]
 
@@ -84,6 +85,11 @@ def _float(value: str) -> float:
 
 def _int(value: str) -> int:
     return int(value)
+
+
+def _factor(value: str) -> float | None:
+    lowered = value.strip().lower()
+    return None if lowered in ("", "off", "0") else float(lowered)
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -178,7 +184,7 @@ OPTIONS: tuple[Option, ...] = (
         "AFFINITY_DEBUG_HEADERS",
         False,
         _bool,
-        "`1` adds `X-Affinity-Served-By` and `X-Affinity-Owner` to responses.",
+        "`1` adds `X-Affinity-Served-By` to responses, and `X-Affinity-Owner` when the request has a key.",
     ),
     Option(
         "forwarded_headers",
@@ -293,9 +299,56 @@ OPTIONS: tuple[Option, ...] = (
         "ring",
         "AFFINITY_RING",
         "ring",
-        _choice("ring", "maglev", "rendezvous"),
-        "Who owns a key: `ring` (consistent hashing, vnodes), `maglev` (lookup table) or `rendezvous` (HRW); "
-        "every node must use the same (docs/benchmarks.md compares them).",
+        _choice("ring", "maglev", "rendezvous", "nginx"),
+        "Who owns a key: `ring` (consistent hashing, vnodes), `maglev` (lookup table), `rendezvous` (HRW) or "
+        "`nginx` (nginx's `hash $key consistent`, so an nginx in front agrees: docs/membership.md); every node "
+        "must use the same (docs/benchmarks.md compares the first three).",
+    ),
+    Option(
+        "balance_factor",
+        "AFFINITY_BALANCE_FACTOR",
+        None,
+        _factor,
+        "Bounded loads: a node takes at most this many times its fair share of recent requests; a heavy key "
+        "whose owner is over it goes to its next successor with room (`off` routes every key to its owner; "
+        "docs/hot-tenants.md).",
+    ),
+    Option(
+        "balance_floor",
+        "AFFINITY_BALANCE_FLOOR",
+        1,
+        _int,
+        "Bounded loads spill nothing while this node has fewer than this many other requests in flight.",
+    ),
+    Option(
+        "hot_keys",
+        "AFFINITY_HOT_KEYS",
+        32,
+        _int,
+        "Keys counted for the top keys by recent request rate (status page, metrics); 0 turns the count off.",
+    ),
+    Option(
+        "show_keys",
+        "AFFINITY_SHOW_KEYS",
+        False,
+        _bool,
+        "`1` shows hot keys as they are on the status page and in metrics, instead of their hashes.",
+    ),
+    Option(
+        "routes",
+        "AFFINITY_ROUTES",
+        None,
+        _opt_str,
+        "Which routes are routed by key: rules `[!][METHOD[|METHOD]] /PATH` (`*` one segment, `**` any), "
+        "first match wins, e.g. `!GET /reports/**` (docs/hot-tenants.md).",
+    ),
+    Option(
+        "mode",
+        "AFFINITY_MODE",
+        "route",
+        _choice("route", "shadow"),
+        "`shadow` decides and counts as if routing were on, serves everything here, and reports the locality "
+        "and load spread routing would give.",
     ),
     Option(
         "workers",
@@ -363,6 +416,42 @@ OPTIONS: tuple[Option, ...] = (
         31 * 24 * 3600,
         _int,
         "Oldest signed cookie accepted, in seconds (Flask's default session lifetime).",
+    ),
+    Option(
+        "ws_drain_grace",
+        "AFFINITY_WS_DRAIN_GRACE",
+        5.0,
+        _float,
+        "Seconds open websockets keep going once this node drains, before they are closed with 1001.",
+    ),
+    Option(
+        "ws_on_move",
+        "AFFINITY_WS_ON_MOVE",
+        "close",
+        _choice("close", "keep"),
+        "Open websockets whose key moved to another node (one joined): `close` (1012: clients reconnect to the "
+        "new owner) or `keep`.",
+    ),
+    Option(
+        "ws_move_grace",
+        "AFFINITY_WS_MOVE_GRACE",
+        0.0,
+        _float,
+        "Seconds a websocket whose key moved keeps going before `ws_on_move=close` closes it.",
+    ),
+    Option(
+        "ws_ping",
+        "AFFINITY_WS_PING",
+        5.0,
+        _float,
+        "Seconds between pings on a relayed websocket's leg to the owner, and to wait for each answer (0: none).",
+    ),
+    Option(
+        "ws_max_size",
+        "AFFINITY_WS_MAX_SIZE",
+        16 * 1024 * 1024,
+        _int,
+        "Largest websocket message relayed from an owner, in bytes (uvicorn's own default limit).",
     ),
     Option(
         "generated_cookie_max_age",
@@ -442,6 +531,12 @@ class Settings:
     vnodes: int = 160
     ring: str = "ring"
     workers: int = 1
+    balance_factor: float | None = None
+    balance_floor: int = 1
+    hot_keys: int = 32
+    show_keys: bool = False
+    routes: str | None = None
+    mode: str = "route"
     max_key_length: int = 1024
     trusted_proxies: int = 0
     jwt_key: str | None = None
@@ -453,6 +548,11 @@ class Settings:
     cookie_secret: tuple[str | bytes, ...] = ()
     cookie_salt: str = "cookie-session"
     cookie_max_age: int = 31 * 24 * 3600
+    ws_drain_grace: float = 5.0
+    ws_on_move: str = "close"
+    ws_move_grace: float = 0.0
+    ws_ping: float = 5.0
+    ws_max_size: int = 16 * 1024 * 1024
     generated_cookie_max_age: int = 24 * 3600
     generated_cookie_secure: bool | None = None
     generated_cookie_http_only: bool = True
@@ -508,6 +608,7 @@ class Settings:
             "max_key_length",
             "cookie_max_age",
             "generated_cookie_max_age",
+            "ws_max_size",
             "eject_after",
             "max_header_bytes",
         )
@@ -518,7 +619,28 @@ class Settings:
             errors.append("eject_time (AFFINITY_EJECT_TIME) must be a positive number of seconds")
         if self.health_interval < 0:
             errors.append("health_interval (AFFINITY_HEALTH_INTERVAL) must be 0 (off) or more seconds")
-        for name in ("ring", "transport", "no_key", "fallback"):  # keyword values skip the env parsers' checks
+        if self.balance_factor is not None and not 1 < self.balance_factor < float("inf"):
+            errors.append(f"AFFINITY_BALANCE_FACTOR must be off or a number above 1, got {self.balance_factor!r}")
+        if self.balance_floor < 0 or self.hot_keys < 0:
+            errors.append("balance_floor (AFFINITY_BALANCE_FLOOR) and hot_keys (AFFINITY_HOT_KEYS) must be 0 or more")
+        if self.balance_factor is not None and self.hot_keys < 1:
+            errors.append("bounded loads (AFFINITY_BALANCE_FACTOR) count hot keys: set AFFINITY_HOT_KEYS to 1 or more")
+        if self.routes is not None:
+            try:
+                RoutePolicy.parse(self.routes)
+            except ValueError as exc:
+                errors.append(str(exc))
+        for name in ("ws_drain_grace", "ws_move_grace", "ws_ping"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name} ({_BY_NAME[name].env}) must be 0 or more seconds")
+        for name in (
+            "ring",
+            "transport",
+            "no_key",
+            "fallback",
+            "ws_on_move",
+            "mode",
+        ):  # keyword values skip the env checks
             option = _BY_NAME[name]
             try:
                 option.parse(str(getattr(self, name)))

@@ -17,15 +17,22 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from ._plan import Answer, Forwarding, RetryBudget, debug_headers
+from ._wssessions import MOVED_REASON, OpenWebSockets, Session
+from .balance import Balancer, BoundedLoads, hot_status
 from .config import Settings
 from .forward import BODY_TOO_LARGE, DRAINING_HEADER, HEADERS_TOO_LARGE, Headers
 from .health import PeerHealth, answers_200
 from .hop import HopMarker, HopSigner
+from .hotkeys import HotKeys
 from .introspect import AUTH_HEADER, Introspection
+from .keys import generating_cookie
 from .membership import membership_from_settings
 from .metrics import Metrics
+from .ownership import MintError, OwnershipChange, OwnershipHooks, mint_key, owns
 from .request import RequestView
+from .ring import Ring
 from .router import REJECT, Decision, Router
+from .routes import RoutePolicy, with_exclusions
 
 __all__ = ["AffinityCore", "Incoming"]
 
@@ -93,6 +100,7 @@ class AffinityCore:
             check=self._answers_health_path,
             interval=checks,
         )
+        hot = HotKeys(settings.hot_keys) if settings.hot_keys else None
         self.router = router = Router(
             membership=membership,
             extractor=settings.extractor,
@@ -101,18 +109,47 @@ class AffinityCore:
             max_attempts=settings.max_attempts,
             max_key_length=settings.max_key_length,
             health=self.health,
+            hot=hot,
+            balancer=(
+                Balancer(BoundedLoads(settings.balance_factor, settings.balance_floor), len(membership.ring), hot)
+                if settings.balance_factor is not None and hot is not None
+                else None
+            ),
+            routes=RoutePolicy.parse(settings.routes) if settings.routes else None,
+            shadow=settings.mode == "shadow",
         )
+        self._configured_routes = router.routes
         self.counters = router.counters
         self.draining = False
         is_draining = self._is_draining
-        self.metrics = Metrics(counters=self.counters, membership=membership, health=self.health, draining=is_draining)
+        self.metrics = Metrics(
+            counters=self.counters,
+            membership=membership,
+            health=self.health,
+            draining=is_draining,
+            hot=functools.partial(hot_status, router, settings.show_keys),
+        )
         self.debug_headers = settings.debug_headers
         self.fallback_local = settings.fallback == "local"
         self.health_path = settings.health_path
         self.max_header_bytes = settings.max_header_bytes
         self.max_body = settings.max_body
+        # Websockets open here (served or relayed), closed from outside when this node drains or their keys move;
+        # ownership changes go to the app's callbacks and the status page.
+        self.websockets = OpenWebSockets()
+        self.ownership = OwnershipHooks()
+        self.generated_cookie = generating_cookie(settings.extractor) if settings.extractor is not None else None
+        subscribe = getattr(membership, "subscribe", None)
+        if callable(subscribe):
+            subscribe(self._ring_swapped)
         self.introspection = Introspection(
-            settings=settings, membership=membership, health=self.health, metrics=self.metrics, draining=is_draining
+            settings=settings,
+            membership=membership,
+            health=self.health,
+            metrics=self.metrics,
+            draining=is_draining,
+            ownership=self.ownership.as_list,
+            websockets=self.websockets.__len__,
         )
         # Admission tests request paths against these with one str.startswith before routing anything.
         self.internal_prefixes = tuple(p for p in (settings.health_path, self.introspection.path) if p)
@@ -136,6 +173,12 @@ class AffinityCore:
             if self.signer is not None
             else None
         )
+
+    def mark_unrouted(self, rules: list[str]) -> None:
+        """Exclusions for the app's routes marked with :func:`~affinity_mw.routes.unrouted`, tried before the
+        ``AFFINITY_ROUTES`` rules (found again from scratch each time the app is read, never stacked)."""
+        if rules:
+            self.router.routes = with_exclusions(self._configured_routes, rules)
 
     @property
     def self_id(self) -> str | None:
@@ -189,16 +232,60 @@ class AffinityCore:
             return _NO_KEY_REJECTED
         return decision
 
-    def serve_here(self, decision: Decision) -> Headers | None:
-        """Record that this node serves ``decision``; the response headers to add, if any (debug, draining)."""
+    def serve_here(self, decision: Decision, scheme: str = "http") -> Headers | None:
+        """Record that this node serves ``decision``; the response headers to add, if any (debug, draining, a
+        generated affinity cookie for a request that carried no key: ``scheme`` says whether it came over TLS)."""
         if decision.served_by != self.membership.self_id:  # cached local decisions are shared: no write in steady state
             decision.served_by = self.membership.self_id
-        if not (self.debug_headers or self.draining):
+        cookie = self._issue_cookie(decision, scheme) if self.generated_cookie is not None else None
+        if not (self.debug_headers or self.draining or cookie):
             return None
         extra = debug_headers(decision, self.membership.self_id) if self.debug_headers else []
         if self.draining:
             extra.append(_DRAINING)
+        if cookie:
+            extra.append(cookie)
         return extra
+
+    def _issue_cookie(self, decision: Decision, scheme: str) -> tuple[bytes, bytes] | None:
+        """A generated cookie holding a key this node owns, for a request that carried none (its decision, made
+        for this request alone, then shows the key); ``None`` when the key came, or this node owns nothing."""
+        if decision.reason != "no-key" or decision.marker is not None or self.generated_cookie is None:
+            return None
+        try:
+            key = self.mint_key()
+        except MintError:
+            return None
+        decision.key = key
+        self.counters["cookies_issued"] += 1
+        return b"set-cookie", self.generated_cookie.set_cookie(key, https=scheme in ("https", "wss"))
+
+    def owns(self, key: str) -> bool:
+        """Whether this node owns ``key`` on its current ring."""
+        return owns(self.membership.ring, self.membership.self_id, key)
+
+    def mint_key(self, prefix: str = "", nbytes: int = 16) -> str:
+        """A fresh random identifier that this node owns (:func:`affinity_mw.ownership.mint_key`)."""
+        return mint_key(self.membership.ring, self.membership.self_id, prefix=prefix, nbytes=nbytes)
+
+    def on_ownership_change(self, callback: Callable[[OwnershipChange], Any]) -> Callable[[OwnershipChange], Any]:
+        """Register a callback (plain or ``async``) for the keys this node gains and loses when membership
+        changes (:class:`affinity_mw.ownership.OwnershipChange`); usable as a decorator."""
+        return self.ownership.add(callback)
+
+    def _ring_swapped(self, old: Ring, old_self: str | None, new: Ring, new_self: str | None) -> None:
+        """Membership changed (the membership's thread): tell the app, then apply the websocket move policy."""
+        self.ownership.ring_swapped(old, new, new_self, old_self)
+        if self.settings.ws_on_move != "close":
+            return
+
+        def moved(session: Session) -> bool:
+            owner = new.owner_of(session.key) if session.key is not None else None
+            return owner is not None and owner.id != (session.peer or new_self)
+
+        closed = self.websockets.close_where(moved, 1012, MOVED_REASON, self.settings.ws_move_grace)
+        if closed:
+            logger.info("affinity-mw: closing %d websocket(s) whose key moved", closed)
 
     def refusal(self, header_bytes: int, content_length: bytes | str | None) -> tuple[int, bytes] | None:
         """The 431 or 413 a request gets before routing, or ``None`` to go on.
@@ -225,6 +312,13 @@ class AffinityCore:
         if not self.draining:
             self.draining = True
             logger.warning("affinity-mw: %s is draining", self.self_id)
+            self.websockets.close_where(
+                lambda session: True,
+                1001,
+                "affinity-mw: this node is draining; reconnect",
+                self.settings.ws_drain_grace,
+                still=self._is_draining,
+            )
 
     def stop_draining(self) -> None:
         """Undo a drain that was started by mistake (a rollout aborted before the process stopped)."""

@@ -153,11 +153,15 @@ def nginx_config(
     listen: str | None = None,
     source: str = "",
     keepalive: int = 32,
+    keepalive_timeout: float = 1.5,
     notes: Sequence[str] = (),
 ) -> str:
     """The nginx configuration for ``ring``'s members and the key ``spec``: ``map`` and ``upstream`` blocks for
     the ``http`` context, then the proxy settings for a ``location`` (inside a whole ``server`` when ``listen``
-    is given). ``source`` is a comment naming where the member list came from."""
+    is given). ``source`` is a comment naming where the member list came from. ``keepalive_timeout`` is how long
+    nginx keeps an idle connection to a node (``AFFINITY_KEEPALIVE``): shorter than the servers' own keep-alive
+    (gunicorn 2 s, uvicorn 5 s), so nginx never sends on a connection the node is closing; such a send fails, and
+    nginx (``max_fails=1`` by default) would then set the node aside for 10 s and send its keys elsewhere."""
     edge = nginx_key(spec, trusted_proxies)
     notes = [*notes, *edge.notes]
     if ring.algorithm != "nginx":
@@ -185,8 +189,11 @@ def nginx_config(
     # Servers in ring order: nginx breaks a tie between equal points in favour of the server written first.
     for node in ring.nodes:
         weight = f" weight={node.weight}" if node.weight != 1 else ""
-        lines.append(f"    server {nginx_server(node)}{weight};")
-    lines += [f"    keepalive {keepalive};", "}", ""]
+        # nginx resolves a name once, at load: the address in a comment changes the file (and so triggers a
+        # reload in a regenerate-and-compare loop) when a member's address does.
+        now = f"  # now {nginx_server(Node(node.address, node.address))}" if node.address != node.id else ""
+        lines.append(f"    server {nginx_server(node)}{weight};{now}")
+    lines += [f"    keepalive {keepalive};", f"    keepalive_timeout {round(keepalive_timeout * 1000)}ms;", "}", ""]
     location = _location(upstream, ring.nodes)
     if listen is not None:
         server = ["server {", f"    listen {listen};"]

@@ -22,8 +22,6 @@ from urllib.parse import parse_qs
 
 from itsdangerous import BadData, TimestampSigner
 
-from .ring import hash_key
-
 __all__ = ["AUTH_HEADER", "Introspection", "sign_request"]
 
 AUTH_HEADER = "x-affinity-auth"
@@ -42,8 +40,18 @@ class Introspection:
     whether this node drains."""
 
     def __init__(
-        self, *, settings: Any, membership: Any, health: Any, metrics: Any, draining: Callable[[], bool]
+        self,
+        *,
+        settings: Any,
+        membership: Any,
+        health: Any,
+        metrics: Any,
+        draining: Callable[[], bool],
+        ownership: Callable[[], list[dict[str, Any]]] = list,
+        websockets: Callable[[], int] = int,
     ) -> None:
+        self.ownership = ownership
+        self.websockets = websockets
         self.membership = membership
         self.health = health
         self.metrics = metrics
@@ -113,7 +121,7 @@ class Introspection:
     def owner_of(self, key: str) -> dict[str, Any]:
         self_id = self.membership.self_id
         ring = self.membership.ring
-        key_hash = hash_key(key)
+        key_hash = ring.key_hash(key)
         order = ring.successors(key_hash)
         usable = [n.id for n in order if n.id == self_id or self.health.usable(n.id)]
         return {
@@ -153,8 +161,14 @@ class Introspection:
             "ring": {"checksum": ring.checksum, "vnodes": ring.vnodes, "members": members},
             "counters": metrics["counters"],
             "locality_ratio": metrics["locality_ratio"],
+            "edge_agreement": metrics["edge_agreement"],
             "peer_ejections": metrics["peer_ejections"],
             "membership": getattr(self.membership, "stats", None),
+            "websockets_open": self.websockets(),
+            "ownership_changes": self.ownership(),
+            "hot_keys": metrics["hot_keys"],
+            "balance": metrics["balance"],
+            "shadow": metrics["shadow"],
         }
 
 
@@ -194,13 +208,22 @@ _PAGE = """<!doctype html>
 </style></head><body>
 <h1>affinity-mw</h1>
 <div class="sub">node <code id="node"></code> &middot; status <b id="status"></b> &middot; ring checksum
- <code id="checksum"></code> &middot; locality <b id="locality"></b></div>
+ <code id="checksum"></code> &middot; locality <b id="locality"></b> &middot; edge agreement
+ <b id="edge"></b></div>
 <div class="grid">
  <svg id="ring" viewBox="-110 -110 220 220" width="240" height="240" role="img" aria-label="ring shares"></svg>
  <table><thead><tr><th>member</th><th>health</th><th>weight</th><th>share of keys</th><th></th></tr></thead>
  <tbody id="members"></tbody></table>
 </div>
 <div class="counters" id="counters"></div>
+<h2 style="font-size:16px;margin:18px 0 6px">Recent ownership changes &middot; <span id="websockets"></span>
+ open websockets</h2>
+<table><thead><tr><th>when (UTC)</th><th>ring</th><th>keys gained</th><th>keys lost</th></tr></thead>
+<tbody id="changes"></tbody></table>
+<h2 style="font-size:16px;margin:20px 0 6px">hot keys <span class="sub" id="balance"></span></h2>
+<table><thead><tr><th>key</th><th>share of recent requests</th><th>spilled</th></tr></thead>
+<tbody id="hot"></tbody></table>
+<div class="sub" id="shadow"></div>
 <script id="initial" type="application/json">__DATA__</script>
 <script>
 const COLORS = __COLORS__;
@@ -218,6 +241,8 @@ function render(s){
  document.getElementById("checksum").textContent = s.ring.checksum;
  document.getElementById("locality").textContent =
    s.locality_ratio === null ? "n/a" : (100 * s.locality_ratio).toFixed(1) + "%";
+ document.getElementById("edge").textContent =
+   s.edge_agreement === null ? "n/a" : (100 * s.edge_agreement).toFixed(1) + "%";
  const body = document.getElementById("members"); body.replaceChildren();
  const svg = document.getElementById("ring"); svg.replaceChildren();
  let angle = -Math.PI / 2;
@@ -248,6 +273,29 @@ function render(s){
   const c = el("div", {class: "counter", "data-counter": k}); c.appendChild(el("b", {}, String(v)));
   c.appendChild(document.createTextNode(k.replace(/_/g, " "))); counters.appendChild(c);
  }
+ document.getElementById("websockets").textContent = String(s.websockets_open || 0);
+ const changes = document.getElementById("changes"); changes.replaceChildren();
+ const pct = f => f === null ? "n/a" : (100 * f).toFixed(1) + "%";
+ (s.ownership_changes || []).slice().reverse().forEach(c => {
+  const tr = el("tr", {"data-change": c.new_ring});
+  tr.appendChild(el("td", {}, new Date(1000 * c.at).toISOString().replace("T", " ").slice(0, 19)));
+  tr.appendChild(el("td", {}, (c.old_ring || "none") + " -> " + c.new_ring));
+  tr.appendChild(el("td", {}, pct(c.gained_fraction))); tr.appendChild(el("td", {}, pct(c.lost_fraction)));
+  changes.appendChild(tr);
+ });
+ const hot = document.getElementById("hot"); hot.replaceChildren();
+ for (const h of (s.hot_keys || [])) {
+  const tr = el("tr", {"data-hot": h.key}); tr.appendChild(el("td", {}, h.key));
+  tr.appendChild(el("td", {}, (100 * h.share).toFixed(1) + "%")); tr.appendChild(el("td", {}, String(h.spilled)));
+  hot.appendChild(tr);
+ }
+ const b = s.balance;
+ document.getElementById("balance").textContent = b ? "bounded loads: factor " + b.factor + ", " + b.in_flight +
+   " in flight, spilled to " + JSON.stringify(b.spilled_to) : "bounded loads off";
+ const sh = s.shadow;
+ document.getElementById("shadow").textContent = sh ? "shadow mode: " + sh.keyed_requests +
+   " keyed requests; locality today " + (100 * (sh.locality_today || 0)).toFixed(1) + "%, with routing " +
+   (100 * (sh.locality_routed || 0)).toFixed(1) + "%; busiest node " + sh.busiest_over_mean + " x the mean" : "";
 }
 render(JSON.parse(document.getElementById("initial").textContent));
 setInterval(() => fetch("__BASE__/status.json", {cache: "no-store"}).then(r => r.ok ? r.json() : null)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .balance import DEFAULT_FLOOR, Balancer, BoundedLoads
-from .ring import Ring, hash_key
+from .ring import Ring
 
 __all__ = ["SimResult", "load_mix", "simulate", "zipf_mix"]
 
@@ -152,7 +152,7 @@ def simulate(
     share_of = {node.id: node.weight / weight for node in ring.nodes}
     keys = [key for key, _ in mix]
     cumulative = list(itertools.accumulate(w for _, w in mix))
-    orders = {key: [n.id for n in ring.successors(hash_key(key))] for key in keys}
+    orders = {key: [n.id for n in ring.successors(ring.key_hash(key))] for key in keys}
     shares = {key: [share_of[i] for i in order] for key, order in orders.items()}
     rate = load * members * slots / service
 
@@ -192,7 +192,10 @@ def simulate(
             chosen = 0
             if balancer is not None:
                 balancer.loads.inflight += 1
-                chosen = balancer.place(key, order, shares[key])
+                if balancer.heavy(key):
+                    chosen = balancer.place(key, order, shares[key])
+                else:
+                    balancer.record(order[0])
             spilled += chosen > 0
             target = order[chosen]
             req_node[index] = target

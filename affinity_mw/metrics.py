@@ -57,6 +57,18 @@ COUNTERS: dict[str, tuple[str, str]] = {
     ),
     "forward_errors": ("affinity_forward_errors_total", "Forward attempts that failed (refused, reset, timed out)."),
     "retries": ("affinity_forward_retries_total", "Idempotent requests retried on another peer after a failure."),
+    "excluded": (
+        "affinity_excluded_requests_total",
+        "Requests on routes AFFINITY_ROUTES leaves unrouted (served here).",
+    ),
+    "shadow_forward": (
+        "affinity_shadow_forwards_total",
+        "Requests routing would have forwarded, served here (AFFINITY_MODE=shadow).",
+    ),
+    "cookies_issued": (
+        "affinity_cookies_issued_total",
+        "Generated affinity cookies set on responses to requests that carried no key.",
+    ),
 }
 
 
@@ -82,22 +94,30 @@ class LatencyHistogram:
 
 
 class Metrics:
-    """Reads the router's counters, peer health, membership and whether this node drains; owns the per-peer
-    latency histograms."""
+    """Reads the router's counters, peer health, membership, whether this node drains and the hot-key figures;
+    owns the per-peer latency histograms."""
 
     def __init__(
-        self, *, counters: Mapping[str, int], membership: Any, health: Any, draining: Callable[[], bool]
+        self,
+        *,
+        counters: Mapping[str, int],
+        membership: Any,
+        health: Any,
+        draining: Callable[[], bool],
+        hot: Callable[[], dict[str, Any]] = lambda: {"hot_keys": [], "balance": None, "shadow": None},
     ) -> None:
         self.counters = counters
         self.membership = membership
         self.health = health
         self.draining = draining
+        self.hot = hot  # hot keys, bounded loads and shadow mode (balance.hot_status)
         self.latency: dict[str, LatencyHistogram] = {}
         self._lock = threading.Lock()
         self.clock: Callable[[], float] = time.monotonic
-        # (time, on the owner, served) as seen by earlier reads of the locality ratio, oldest first; the process
-        # start is older than any window, whatever ``clock`` reads (tests and embedders may replace it).
-        self._readings: deque[tuple[float, int, int]] = deque([(float("-inf"), 0, 0)])
+        # (time, (on the owner, served, edge agreed, edge sent)) as seen by earlier reads of the windowed ratios,
+        # oldest first; the process start is older than any window, whatever ``clock`` reads (tests and embedders
+        # may replace it).
+        self._readings: deque[tuple[float, tuple[int, ...]]] = deque([(float("-inf"), (0, 0, 0, 0))])
 
     def observe_forward(self, peer: str, seconds: float) -> None:
         histogram = self.latency.get(peer)
@@ -113,30 +133,50 @@ class Metrics:
         The baseline is the newest earlier reading at least a window old (the figure then covers the window plus
         at most one scrape interval), else the oldest one kept: process start, for a young process.
         """
+        on_owner, served, _, _ = self._window()
+        return on_owner / served if served else None
+
+    def edge_agreement(self) -> float | None:
+        """Share of the keyed requests that reached this node from outside the cluster (a front proxy, a client,
+        a load balancer: no hop marker) in about the last ``LOCALITY_WINDOW`` seconds that this node owns, so
+        served without a hop; the rest it forwarded. 1.0 means the edge agrees with the ring (None: no requests).
+
+        A key whose owner is down or set aside is not counted either way: where the edge sends it is a failover.
+        """
+        _, _, agreed, sent = self._window()
+        return agreed / sent if sent else None
+
+    def _window(self) -> tuple[int, ...]:
+        """The windowed changes of (on the owner, served, edge agreed, edge sent), reading the counters once."""
         c = self.counters
-        on_owner = c["local_owner"] + c["hop"] - c["misroute"]
-        served = c["local_owner"] + c["hop"] + c["failover"] + c["fallback"]
+        now_values = (
+            c["local_owner"] + c["hop"] - c["misroute"],
+            c["local_owner"] + c["hop"] + c["failover"] + c["fallback"] + c["local_spill"],
+            c["local_owner"],
+            c["local_owner"] + c["forwarded"],
+        )
         now = self.clock()
         with self._lock:
             readings = self._readings
             while len(readings) > 1 and readings[1][0] <= now - LOCALITY_WINDOW:
                 readings.popleft()
-            _, base_on_owner, base_served = readings[0]
+            base = readings[0][1]
             if now - readings[-1][0] >= 1.0:
-                readings.append((now, on_owner, served))
-        served -= base_served
-        return (on_owner - base_on_owner) / served if served else None
+                readings.append((now, now_values))
+        return tuple(value - old for value, old in zip(now_values, base, strict=True))
 
     def snapshot(self) -> dict[str, Any]:
         ring = self.membership.ring
         return {
             "counters": {key: self.counters[key] for key in COUNTERS},
             "locality_ratio": self.locality_ratio(),
+            "edge_agreement": self.edge_agreement(),
             "ring_checksum": ring.checksum,
             "ring_members": len(ring),
             "peer_ejections": self.health.ejections_total,
             "set_aside": self.health.ejected(),
             "draining": self.draining(),
+            **self.hot(),
             "forward_latency_seconds": {
                 peer: {
                     "count": sum(h.counts),
@@ -172,6 +212,28 @@ class Metrics:
             f"Share of keyed requests served here in about the last {LOCALITY_WINDOW:.0f} s that were served by "
             "their key's owner (1 without any).",
             value=1.0 if ratio is None else ratio,
+        )
+        hot = self.hot()
+        shares = GaugeMetricFamily(
+            "affinity_hot_key_share", "Share of this node's recent keyed requests, for its top keys.", labels=["key"]
+        )
+        for row in hot["hot_keys"]:
+            shares.add_metric([row["key"]], row["share"])
+        yield shares
+        spilled = CounterMetricFamily(
+            "affinity_spilled_requests",
+            "Requests bounded loads sent to a successor of their key's owner.",
+            labels=["peer"],
+        )
+        for peer, count in (hot["balance"] or {}).get("spilled_to", {}).items():
+            spilled.add_metric([peer], count)
+        yield spilled
+        agreement = self.edge_agreement()
+        yield GaugeMetricFamily(
+            "affinity_edge_agreement_ratio",
+            f"Share of keyed requests that reached this node without a hop in about the last {LOCALITY_WINDOW:.0f} s "
+            "that it owns: how often the front proxy or caller agrees with the ring (1 without any).",
+            value=1.0 if agreement is None else agreement,
         )
         histogram = HistogramMetricFamily(
             "affinity_forward_duration_seconds",

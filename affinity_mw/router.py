@@ -11,11 +11,14 @@ import logging
 from collections import Counter
 from typing import Any
 
+from .balance import Balancer
 from .health import PeerHealth
 from .hop import HopMarker, HopSigner
+from .hotkeys import HotKeys
 from .keys import Extractor, plain_header_name
 from .request import RequestView
-from .ring import Node, Ring, hash_key
+from .ring import Node, Ring
+from .routes import RoutePolicy
 
 __all__ = ["FORWARD", "LOCAL", "REJECT", "Decision", "Router"]
 
@@ -34,7 +37,10 @@ class Decision:
 
     ``action`` is ``"local"``, ``"forward"`` or ``"reject"``. ``reason`` says why: ``owner`` (this node owns the
     key), ``hop`` (a peer already routed it here), ``no-key``, ``single-node``, ``not-member``, ``failover``
-    (the owner was unreachable and this node is next), ``fallback`` (no peer was reachable). ``candidates`` is the
+    (the owner was unreachable and this node is next), ``fallback`` (no peer was reachable), ``spill`` (the
+    owner was over its bounded load: the key's next successor with room serves it), ``excluded`` (the route is
+    not routed, see ``AFFINITY_ROUTES``), ``shadow`` (``AFFINITY_MODE=shadow``: served here, where routing would
+    have sent it is in ``owner`` and ``candidates``). ``candidates`` is the
     failover order for a forward, owner first. ``served_by`` is filled in by the forwarder with the peer that
     answered; ``attempts`` counts connection attempts. ``skew`` is true when a hop's sender built its ring from
     a different membership than this node's.
@@ -114,7 +120,7 @@ class _LocalCache:
     what a fresh forward decision is built from while no peer is ejected (hash, owner, candidates, whether this
     node is next, reason)."""
 
-    __slots__ = ("by_key", "by_value", "forward", "ring", "self_id")
+    __slots__ = ("by_key", "by_value", "excluded", "forward", "ring", "self_id")
 
     def __init__(self, ring: Ring | None, self_id: str | None) -> None:
         self.ring = ring
@@ -122,6 +128,7 @@ class _LocalCache:
         self.by_key: dict[str, Decision] = {}
         self.by_value: dict[bytes | str, Decision] = {}
         self.forward: dict[str, tuple[int, Node, tuple[Node, ...], bool, str]] = {}
+        self.excluded: Decision | None = None
 
 
 class Router:
@@ -144,6 +151,10 @@ class Router:
         max_attempts: int = 3,
         max_key_length: int = 1024,
         health: PeerHealth | None = None,
+        hot: HotKeys | None = None,
+        balancer: Balancer | None = None,
+        routes: RoutePolicy | None = None,
+        shadow: bool = False,
     ) -> None:
         self.membership = membership
         self.extractor = extractor
@@ -153,6 +164,13 @@ class Router:
         self.max_key_length = max_key_length
         self.health = health if health is not None else PeerHealth()
         self.counters: Counter[str] = Counter()
+        # The recent request rate per key (hot keys), bounded loads, route policy and shadow mode: each None/False
+        # when off, and then costs one attribute test per request.
+        self.balancer = balancer
+        self.hot = balancer.hot if balancer is not None else hot
+        self.routes = routes
+        self.shadow = shadow
+        self.shadow_targets: Counter[str] = Counter()  # where routing would have sent requests (shadow mode)
         self._hashes: dict[str, int] = {}
         self._cache = _LocalCache(None, None)
         self.header_key = plain_header_name(extractor)
@@ -203,6 +221,8 @@ class Router:
         here": a peer already routed this request, and serving it where it lands is what makes a loop impossible
         whatever the two nodes think of membership, configuration or the key. ``view`` must then be the request
         as the first node saw it (adapters restore it from the marker first)."""
+        if marker is None and self.routes is not None and not self.routes.routed(view.method, view.path):
+            return self._excluded()
         key = self.extract(view)
         if marker is not None:
             decision = self._hop(self.membership.ring, key, marker, self.membership.self_id)
@@ -215,6 +235,8 @@ class Router:
     def decide_by_header(self, value: bytes | str | None, method: str, path: str) -> Decision:
         """:meth:`decide` for a request without a hop marker when the key is a plain header (:attr:`header_key`)
         and ``value`` is its first value: the same decision, for the adapters' common case, without a view."""
+        if self.routes is not None and not self.routes.routed(method, path):
+            return self._excluded()
         membership = self.membership
         cache = self._cache
         if membership.ring is cache.ring and membership.self_id == cache.self_id:
@@ -222,6 +244,14 @@ class Router:
                 decision = cache.by_value.get(value)  # type: ignore[arg-type]
             except TypeError:  # not bytes: an ASGI server off the spec; the general path below copes
                 decision = None
+            if decision is not None and self.hot is not None:
+                if self.balancer is not None or self.shadow:
+                    # The key may be spread or shadowed: route() decides, its cache answers the rest.
+                    decision = self.route(decision.key)
+                    if logger.isEnabledFor(logging.DEBUG):
+                        self._log(method, path, decision)
+                    return decision
+                self.hot.add(decision.key)  # type: ignore[arg-type]
             if decision is not None:
                 self.counters["local_owner"] += 1
                 if logger.isEnabledFor(logging.DEBUG):
@@ -265,8 +295,89 @@ class Router:
             decision.owner.id if decision.owner else "-",
         )
 
+    def _excluded(self) -> Decision:
+        """The shared decision for a request on a route that is not routed: served here, no key extracted."""
+        self.counters["excluded"] += 1
+        cache = self._cache
+        ring = self.membership.ring
+        if cache.excluded is None or cache.excluded.ring is not ring:
+            cache.excluded = Decision(LOCAL, "excluded", ring)  # a generation's own, or one for an old generation
+        return cache.excluded
+
     def route(self, key: str | None) -> Decision:
-        """Where a request with ``key`` (already extracted and validated) goes when no peer has routed it yet.
+        """Where a request with ``key`` goes when no peer has routed it yet: :meth:`_route`'s answer after the key
+        is counted, or with bounded loads a successor's (:meth:`_spread`); in shadow mode served here all the same."""
+        hot = self.hot
+        if hot is None or key is None:
+            decision = self._route(key)
+        else:
+            balancer = self.balancer
+            if balancer is None:
+                hot.add(key)
+                decision = self._route(key)
+            elif balancer.heavy(key):
+                decision = self._spread(key, balancer)
+            else:
+                decision = self._route(key)
+                owner = decision.owner
+                balancer.record(owner.id if owner is not None else "")
+        if self.shadow and key is not None:
+            return self._shadowed(decision)
+        return decision
+
+    def _shadowed(self, decision: Decision) -> Decision:
+        """Shadow mode: count where routing sends ``decision``'s request, and serve it here."""
+        counters = self.counters
+        if decision.action == FORWARD:
+            counters["shadow_forward"] += 1
+            counters["forwarded"] -= 1  # counted by _route as if it went: it did not
+            self.shadow_targets[decision.candidates[0].id] += 1
+            d = decision
+            shadow = Decision(LOCAL, "shadow", d.ring, d.key, d.key_hash, d.owner, d.candidates)
+            shadow.served_by = self.membership.self_id
+            return shadow
+        if decision.reason in ("owner", "spill", "single-node"):
+            self.shadow_targets[self.membership.self_id or ""] += 1
+        return decision
+
+    def _spread(self, key: str, balancer: Balancer) -> Decision:
+        """Bounded loads for a heavy key: the first of its live successors, owner first, with room."""
+        membership = self.membership
+        ring: Ring = membership.ring
+        self_id = membership.self_id
+        self._generation(ring, self_id)
+        shares = balancer.shares(ring)
+        key_hash = self._hash(key, ring)
+        health = self.health
+        order = list(ring.successors(key_hash))
+        if health.any_ejected:  # set-aside peers are skipped as if they had left the ring, as in _route
+            order = [n for n in order if n.id == self_id or health.usable(n.id)]
+        if len(order) < 2:
+            return self._route(key)
+        ids = [node.id for node in order]
+        index = balancer.place(key, ids, [shares[i] for i in ids])
+        if index == 0:
+            return self._route(key)
+        self.counters["spilled"] += 1
+        owner = ring.owner(key_hash)
+        if ids[index] == self_id:
+            self.counters["local_spill"] += 1
+            decision = Decision(LOCAL, "spill", ring, key, key_hash, owner)
+            decision.served_by = self_id
+            return decision
+        found: list[Node] = []
+        for node in order[index:]:
+            if node.id == self_id or len(found) == self.max_attempts:
+                break
+            found.append(node)
+        rest = order[index + len(found) :]
+        decision = Decision(FORWARD, "spill", ring, key, key_hash, owner, tuple(found))
+        decision.self_is_next = bool(rest) and rest[0].id == self_id
+        self.counters["forwarded"] += 1
+        return decision
+
+    def _route(self, key: str | None) -> Decision:
+        """Where a request with ``key`` (already extracted and validated) goes to its owner.
 
         Keys this node owns are answered from a bounded cache of shared, read-only decisions: that is the local
         path, which must cost next to nothing. The cache belongs to one ring and one self id and is dropped
@@ -283,12 +394,7 @@ class Router:
                 counters["rejected"] += 1
                 return Decision(REJECT, "no-key", ring)
             return Decision(LOCAL, "no-key", ring)
-        cache = self._cache
-        if ring is not cache.ring or self_id != cache.self_id:
-            # A new generation, swapped in by one assignment: a thread still deciding on the old ring holds the
-            # old generation and can only fill that one.
-            self._cache = cache = _LocalCache(ring, self_id)
-            self.health.forget(node.id for node in ring.nodes)  # peers that left the ring: their health too
+        cache = self._generation(ring, self_id)
         local = cache.by_key
         decision = local.get(key)
         if decision is not None:
@@ -300,7 +406,7 @@ class Router:
             decision.self_is_next = planned[3]
             counters["forwarded"] += 1
             return decision
-        key_hash = self._hash(key)
+        key_hash = self._hash(key, ring)
         owner = ring.owner(key_hash)
         if owner is None or owner.id == self_id:
             counters["local_owner"] += 1
@@ -338,20 +444,33 @@ class Router:
         counters["forwarded"] += 1
         return decision
 
-    def _hash(self, key: str) -> int:
-        """``hash_key(key)`` through a bounded memo: hot keys repeat, and blake2b is most of a lookup's cost."""
+    def _generation(self, ring: Ring, self_id: str | None) -> _LocalCache:
+        """The decision cache of ``ring`` and ``self_id``; a new one when either changed."""
+        cache = self._cache
+        if ring is not cache.ring or self_id != cache.self_id:
+            # A new generation, swapped in by one assignment: a thread still deciding on the old ring holds the
+            # old generation and can only fill that one.
+            self._cache = cache = _LocalCache(ring, self_id)
+            self.health.forget(node.id for node in ring.nodes)  # peers that left the ring: their health too
+        return cache
+
+    def _hash(self, key: str, ring: Ring) -> int:
+        """``ring.key_hash(key)`` through a bounded memo: hot keys repeat, and blake2b is most of a lookup's cost.
+
+        One memo serves every ring of the process: they are all of the one configured algorithm (``AFFINITY_RING``),
+        so they hash a key alike (blake2b; CRC32 for ``nginx``)."""
         key_hash = self._hashes.get(key)
         if key_hash is None:
             if len(self._hashes) >= _HASH_CACHE_SIZE:
                 self._hashes.clear()
-            key_hash = self._hashes[key] = hash_key(key)
+            key_hash = self._hashes[key] = ring.key_hash(key)
         return key_hash
 
     def _hop(self, ring: Ring, key: str | None, marker: HopMarker, self_id: str | None) -> Decision:
         """A peer routed this here: serve it whatever our ring says, and record any disagreement."""
         counters = self.counters
         counters["hop"] += 1
-        key_hash = self._hash(key) if key is not None else None
+        key_hash = self._hash(key, ring) if key is not None else None
         owner = ring.owner(key_hash) if key_hash is not None else None
         decision = Decision(LOCAL, "hop", ring, key, key_hash, owner, marker=marker)
         if key_hash != marker.key_hash:

@@ -65,6 +65,7 @@ from websockets.protocol import State
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
+from ._wssessions import OpenWebSockets, Session
 from .forward import (
     BadResponse,
     ConnectFailed,
@@ -78,8 +79,11 @@ from .forward import (
 __all__ = [
     "OWNER_GONE",
     "OWNER_UNRELAYABLE",
+    "OpenWebSockets",
     "OwnerRefused",
     "RelayOptions",
+    "Session",
+    "accept_headers",
     "connect_owner",
     "deny",
     "relay",
@@ -272,7 +276,7 @@ async def deny(scope: Scope, send: Send, status: int, body: bytes, headers: Head
         await send({"type": "websocket.close", "code": 1008})
 
 
-def _accept_headers(connection: ClientConnection) -> Headers:
+def accept_headers(connection: ClientConnection) -> Headers:
     """The owner's handshake response headers for the client's ``websocket.accept``: ``Set-Cookie`` and the
     app's own headers pass; the handshake's own and hop-by-hop ones are the client's server's to write."""
     response = connection.response
@@ -337,7 +341,7 @@ async def _owner_to_client(connection: ClientConnection, send: Send) -> None:
         await send({"type": "websocket.close", "code": code, "reason": reason})
 
 
-async def relay(connection: ClientConnection, receive: Receive, send: Send) -> None:
+async def relay(connection: ClientConnection, receive: Receive, send: Send, headers: Headers | None = None) -> None:
     """Accept the client (the caller has received its ``websocket.connect``) as the owner accepted, and relay
     both ways until either end closes; the other end is then closed as described above.
 
@@ -346,8 +350,15 @@ async def relay(connection: ClientConnection, receive: Receive, send: Send) -> N
     """
     try:
         await send(
-            {"type": "websocket.accept", "subprotocol": connection.subprotocol, "headers": _accept_headers(connection)}
+            {
+                "type": "websocket.accept",
+                "subprotocol": connection.subprotocol,
+                "headers": accept_headers(connection) if headers is None else headers,
+            }
         )
+    except OSError:  # the client left while the owner answered its handshake
+        connection.transport.abort()
+        return
     except BaseException:
         connection.transport.abort()
         raise
@@ -376,86 +387,3 @@ async def relay(connection: ClientConnection, receive: Receive, send: Send) -> N
         await asyncio.gather(upstream, downstream, return_exceptions=True)
         if connection.state is not State.CLOSED:
             connection.transport.abort()
-
-
-class Session:
-    """One websocket open on this node, served here or relayed: the ``receive`` and ``send`` the app (or the
-    relay) uses, so the middleware can close it from outside (draining, a key that moved).
-
-    :meth:`close` sends the client a close frame with the code and reason, and the app's pending or next
-    ``receive`` returns ``websocket.disconnect`` with the same code (so the app runs its own clean-up, as for a
-    client that left); the app's sends after that raise :class:`OSError`, as a server's do once its client is
-    gone. ``key`` is the routing key, ``peer`` the node a relayed websocket goes to (``None`` when served here).
-    """
-
-    __slots__ = ("_closer", "_pending", "_receive", "_send", "closing", "key", "loop", "peer")
-
-    def __init__(self, receive: Receive, send: Send, key: str | None, peer: str | None) -> None:
-        self._receive = receive
-        self._send = send
-        self.key = key
-        self.peer = peer
-        self.loop = asyncio.get_running_loop()
-        self.closing: tuple[int, str] | None = None
-        self._pending: asyncio.Future[Message] | None = None
-        self._closer: asyncio.Future[None] | None = None
-
-    async def receive(self) -> Message:
-        if self.closing is not None:
-            return {"type": "websocket.disconnect", "code": self.closing[0], "reason": self.closing[1]}
-        # A task per receive, so close() can interrupt a receive that waits for a client who sends nothing.
-        pending = self._pending = asyncio.ensure_future(self._receive())
-        try:
-            return await pending
-        except asyncio.CancelledError:
-            if self.closing is None or not pending.cancelled():
-                raise
-            return {"type": "websocket.disconnect", "code": self.closing[0], "reason": self.closing[1]}
-        finally:
-            self._pending = None
-
-    async def send(self, message: Message) -> None:
-        if self.closing is not None:
-            raise OSError("affinity-mw closed this websocket")
-        await self._send(message)
-
-    def close(self, code: int, reason: str = "") -> None:
-        """Close the client (call on the session's loop; :meth:`OpenWebSockets.close_where` does it from
-        anywhere)."""
-        if self.closing is not None:
-            return
-        self.closing = (code, reason)
-        if self._pending is not None:
-            self._pending.cancel()
-        self._closer = asyncio.ensure_future(self._send_close(code, reason))
-
-    async def _send_close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):  # the client may have gone already: nothing left to close
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
-
-
-class OpenWebSockets:
-    """The websockets open on this node, for closing them when it drains or when their keys move."""
-
-    def __init__(self) -> None:
-        self._sessions: set[Session] = set()
-
-    def open(self, receive: Receive, send: Send, key: str | None, peer: str | None = None) -> Session:
-        session = Session(receive, send, key, peer)
-        self._sessions.add(session)
-        return session
-
-    def done(self, session: Session) -> None:
-        self._sessions.discard(session)
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def close_where(self, predicate: Callable[[Session], bool], code: int, reason: str = "", after: float = 0.0) -> int:
-        """Close, ``after`` seconds from now, every open websocket for which ``predicate`` holds; callable from
-        any thread. Returns how many were chosen."""
-        chosen = [session for session in list(self._sessions) if predicate(session)]
-        for session in chosen:
-            with contextlib.suppress(RuntimeError):  # a loop that has closed has no websockets left open
-                session.loop.call_soon_threadsafe(session.loop.call_later, after, session.close, code, reason)
-        return len(chosen)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import http
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ from ._slots import SyncPeerSlots
 from .core import AffinityCore
 from .forward import BODY_TOO_LARGE, BodyLimit, ForwardError, SyncTransport
 from .router import LOCAL, Decision
+from .routes import app_exclusions
 from .transports import HttpxSyncTransport, Urllib3Transport
 
 __all__ = ["DECISION_KEY", "AffinityWSGIMiddleware", "environ_headers"]
@@ -70,8 +72,25 @@ class AffinityWSGIMiddleware:
         self.slots = SyncPeerSlots(core.settings.pool_size, core.settings.pool_timeout)
         # Where WSGI keeps a plain header key ("HTTP_X_TENANT"), so the common case reads it with one lookup.
         self._key_env = environ_key(core.router.header_key) if core.router.header_key is not None else None
+        self._loads = core.router.balancer.loads if core.router.balancer is not None else None
+        self._loads_lock = threading.Lock()
+        core.mark_unrouted(app_exclusions(app))
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        loads = self._loads
+        if loads is None:
+            return self._handle(environ, start_response)
+        # Bounded loads' floor: requests this worker is serving or forwarding now (until the app or the peer
+        # has answered; a streamed body is not counted). Worker threads share the count: under a lock.
+        with self._loads_lock:
+            loads.inflight += 1
+        try:
+            return self._handle(environ, start_response)
+        finally:
+            with self._loads_lock:
+                loads.inflight -= 1
+
+    def _handle(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         request = EnvironRequest(environ, self._key_env)
         decision = self.core.admit(request)
         if isinstance(decision, Answer):
@@ -94,7 +113,7 @@ class AffinityWSGIMiddleware:
         app = self.app
         if self.core.max_body and "HTTP_TRANSFER_ENCODING" in environ:
             app = functools.partial(_limited_app, app, self.core.max_body)
-        raw = self.core.serve_here(decision)
+        raw = self.core.serve_here(decision, environ.get("wsgi.url_scheme", "http"))
         if raw:
             extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
 

@@ -80,15 +80,23 @@ class _Client:
     """A minimal HTTP/1.1 keep-alive client per node: enough for GETs with a Content-Length answer, cheap enough
     that the generator does not compete with the nodes for the two cores."""
 
+    IDLE = 1.0  # seconds an idle connection is reused: well below the servers' keep-alive (uvicorn: 5 s)
+
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self.open: set[asyncio.StreamWriter] = set()
 
     async def get(self, path: str, tenant: str) -> tuple[int, dict[bytes, bytes]]:
-        if self.idle:
-            reader, writer = self.idle.pop()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if now - since < self.IDLE and not reader.at_eof():
+                break
+            writer.close()
+            self.open.discard(writer)
         else:
             reader, writer = await asyncio.open_connection(self.host, self.port)
             self.open.add(writer)
@@ -106,7 +114,7 @@ class _Client:
             writer.close()
             self.open.discard(writer)
             raise
-        self.idle.append((reader, writer))
+        self.idle.append((reader, writer, loop.time()))
         return status, headers
 
     def close(self) -> None:
@@ -129,6 +137,7 @@ async def generate(urls: list[str], args: argparse.Namespace) -> list[dict[str, 
     rate = args.load * len(urls) * SLOTS / SERVICE
     clients = [_Client(url.split("//")[1].rsplit(":", 1)[0], int(url.rsplit(":", 1)[1])) for url in urls]
     records: list[dict[str, Any]] = []
+    lag: list[float] = []  # how late the generator itself sent requests (a starved machine shows here)
     tasks: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()
     start = loop.time() + 0.2
@@ -156,6 +165,8 @@ async def generate(urls: list[str], args: argparse.Namespace) -> list[dict[str, 
         delay = start + at - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
+        else:
+            lag.append(-delay)
         task = asyncio.ensure_future(one(at, tenant, entry))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -163,10 +174,20 @@ async def generate(urls: list[str], args: argparse.Namespace) -> list[dict[str, 
         await asyncio.wait(tasks, timeout=args.timeout + 1)
     for client in clients:
         client.close()
+    records.append({"generator_lag_max": max(lag, default=0.0)})
     return records
 
 
+def _run(coroutine: Any) -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)  # the generator's own CPU is less of the machine's
+
+
 def summarize(records: list[dict[str, Any]], urls: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    lag = records.pop()["generator_lag_max"]
     measured = [r for r in records if r["t"] >= args.warmup]
     ok = [r for r in measured if r.get("status") == 200]
     served = {url: 0 for url in urls}
@@ -192,6 +213,8 @@ def summarize(records: list[dict[str, Any]], urls: list[str], args: argparse.Nam
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "max_ms": round(1000 * latencies[-1], 1) if latencies else 0.0,
+        "generator_lag_max_ms": round(1000 * lag, 1),
+        "loadavg": os.getloadavg()[0],
         "error_kinds": dict(errors),
         "locality_others": locality([r for r in ok if r["tenant"] != "hot"]),
         "locality_hot": locality([r for r in ok if r["tenant"] == "hot"]),
@@ -211,8 +234,9 @@ def run_one(factor: str, args: argparse.Namespace, log_dir: Path) -> dict[str, A
         "HOT_SLOTS": str(SLOTS),
         "HOT_SERVICE_MS": str(SERVICE * 1000),
     }
-    if factor != "none":
-        env["AFFINITY_BALANCE_FACTOR"] = factor
+    env["AFFINITY_BALANCE_FACTOR"] = "off" if factor == "none" else factor
+    if args.floor is not None:
+        env["AFFINITY_BALANCE_FLOOR"] = str(args.floor)
     options = SimpleNamespace(log_dir=log_dir, loop="asyncio", http="h11", wsgi=False)
     servers = []
     for i, (host, url) in enumerate(zip(hosts, urls, strict=True)):
@@ -224,7 +248,7 @@ def run_one(factor: str, args: argparse.Namespace, log_dir: Path) -> dict[str, A
         for server in servers:
             server.wait_ready()
         started = time.monotonic()
-        records = asyncio.run(generate(urls, args))
+        records = _run(generate(urls, args))
         result = summarize(records, urls, args)
         result["factor"] = None if factor == "none" else float(factor)
         result["wall_seconds"] = round(time.monotonic() - started, 1)
@@ -244,7 +268,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         total = sum(r["served"].values()) or 1
         shares = " / ".join(f"{100 * count / total:.1f}%" for count in r["served"].values())
         lines.append(
-            f"| {r['factor'] if r['factor'] is not None else 'unset'} | {r['requests']} ({r['rate']}) | "
+            f"| {r['factor'] if r['factor'] is not None else 'off'} | {r['requests']} ({r['rate']}) | "
             f"**{r['busiest_over_mean']}** | {shares} | {r['p50_ms']} ms | **{r['p99_ms']} ms** | {r['errors']} | "
             f"{100 * (r['locality_others'] or 0):.2f}% | {100 * (r['locality_hot'] or 0):.1f}% |"
         )
@@ -255,7 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--factors", default="none,1.25", help="comma-separated: none or a balance factor")
     parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--port", type=int, default=38000, help="one port on every 127.0.0.x (the ring hashes it)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=21851,
+        help="one port on every 127.0.0.x (the ring hashes it; below the ephemeral range)",
+    )
     parser.add_argument("--load", type=float, default=0.65, help="arrival rate as a share of the capacity")
     parser.add_argument("--hot-share", type=float, default=0.35)
     parser.add_argument("--tenants", type=int, default=200)
@@ -264,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
     parser.add_argument("--timeout", type=float, default=10.0, help="a request's limit (then counted as an error)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--floor", type=int, help="AFFINITY_BALANCE_FLOOR (default: the middleware's)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--write", type=Path, help="replace the table between the hot-tenants markers in this file")
     args = parser.parse_args(argv)

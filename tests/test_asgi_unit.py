@@ -136,19 +136,47 @@ def call(
     return scope, sent
 
 
-def test_non_http_scopes_pass_straight_through() -> None:
-    mw = middleware()
-    for kind in ("websocket", "lifespan"):
-        scope: dict[str, Any] = {"type": kind}
+def test_lifespan_scopes_pass_straight_through() -> None:
+    scope: dict[str, Any] = {"type": "lifespan"}
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "lifespan.shutdown"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    asyncio.run(middleware()(scope, receive, send))
+    assert scope["seen"] == "lifespan"
+
+
+def test_websocket_scopes_go_through_admission() -> None:
+    """A websocket handshake is routed like a GET (docs/websockets.md): served here with the decision exposed when
+    this node owns its key, refused with the admission's answer (here: no key under AFFINITY_NO_KEY=reject)."""
+
+    def handshake(mw: AffinityMiddleware, headers: list[tuple[bytes, bytes]]) -> tuple[dict[str, Any], list[Any]]:
+        scope: dict[str, Any] = {
+            "type": "websocket", "path": "/ws", "raw_path": b"/ws", "query_string": b"", "headers": headers,
+            "client": ("10.9.9.9", 1234), "scheme": "ws", "subprotocols": [],
+            "extensions": {"websocket.http.response": {}},
+        }  # fmt: skip
+        sent: list[Any] = []
 
         async def receive() -> dict[str, Any]:
-            return {"type": "lifespan.shutdown"}
+            return {"type": "websocket.connect"}
 
         async def send(message: dict[str, Any]) -> None:
-            pass
+            sent.append(message)
 
         asyncio.run(mw(scope, receive, send))
-        assert scope["seen"] == kind
+        return scope, sent
+
+    tenant = owned_by(URLS[0])
+    scope, _ = handshake(middleware(), [(b"x-tenant", tenant.encode())])
+    assert scope["seen"] == "websocket"
+    decision = scope["state"]["affinity"]
+    assert (decision.action, decision.reason, decision.key) == ("local", "owner", tenant)
+    _, sent = handshake(middleware(no_key="reject"), [])
+    assert sent[0]["type"] == "websocket.http.response.start" and sent[0]["status"] == 400
 
 
 def test_local_owner_serves_and_exposes_decision_and_debug_headers() -> None:

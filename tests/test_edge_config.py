@@ -74,10 +74,11 @@ def test_what_nginx_cannot_compute_is_said_and_left_to_the_middleware() -> None:
 def test_the_printed_configuration_routes_each_key_source_to_its_owner(tmp_path: Path) -> None:
     up_port, front = free_port(HOSTS), free_port(["127.0.0.1"])
     peers = [f"http://{h}:{up_port}" for h in HOSTS]
-    env = {"AFFINITY_PEERS": ",".join(peers)}
+    env = {"AFFINITY_PEERS": ",".join(peers), "AFFINITY_RING": "nginx"}
     env["AFFINITY_KEY"] = "header:X-Tenant,cookie:sid,query:t,path:/t/{key}/"
     out = edge(env, "--listen", f"127.0.0.1:{front}")
     assert out.returncode == 0, out.stderr
+    assert "AFFINITY_RING" not in out.stdout  # the nodes agree: no note about the ring
     ring = NginxRing([Node(p, p) for p in peers])
     upstreams = "".join(f"server {{ listen {h}:{up_port}; location / {{ return 200; }} }}\n" for h in HOSTS)
     body = "add_header X-Up $upstream_addr always;\n" + upstreams + out.stdout

@@ -9,6 +9,7 @@ the key sources see them (latin-1 text of the raw bytes).
 from __future__ import annotations
 
 import random
+import socket
 import zlib
 from pathlib import Path
 
@@ -126,3 +127,80 @@ def test_nginx_ring_points_weights_and_failover() -> None:
     other = NginxRing(nodes[:3])
     assert 0.2 < ring.moved_fraction(other) < 0.3  # the fourth server's share moves, nothing else
     assert ring.checksum != other.checksum and repr(ring).startswith("NginxRing(nodes=4")
+
+
+def forge_crc32(target: int) -> bytes:
+    """A printable key whose CRC32 is ``target``: CRC32 is affine over GF(2), so 4 appended bytes can reach any
+    value; prefixes are tried until those bytes are all printable (about 1 in 55)."""
+    for i in range(100_000):
+        prefix = f"tie{i}-".encode()
+        base = zlib.crc32(prefix + bytes(4))
+        basis: list[tuple[int, int]] = []  # (vector, which input bits make it), reduced
+        for bit in range(32):
+            vector, combo = zlib.crc32(prefix + (1 << bit).to_bytes(4, "little")) ^ base, 1 << bit
+            for bv, bc in basis:
+                if vector ^ bv < vector:
+                    vector, combo = vector ^ bv, combo ^ bc
+            if vector:
+                basis = sorted([*basis, (vector, combo)], reverse=True)
+        want, combo = target ^ base, 0
+        for bv, bc in basis:
+            if want ^ bv < want:
+                want, combo = want ^ bv, combo ^ bc
+        suffix = combo.to_bytes(4, "little")
+        if not want and all(0x21 <= b <= 0x7E for b in suffix):
+            assert zlib.crc32(prefix + suffix) == target
+            return prefix + suffix
+    raise AssertionError("no printable key found")
+
+
+def test_equal_points_go_to_the_server_written_first_as_in_nginx(tmp_path: Path) -> None:
+    """A CRC32 collision between two servers' points: nginx keeps the point of the server written first (glibc's
+    qsort is stable), and so does the ring, for the order ``affinity-mw edge nginx`` writes."""
+    rng = random.Random()
+    for _ in range(2000):
+        port = rng.randrange(20000, 60000)
+        urls = [f"http://{h}:{port}" for h in HOSTS]
+        ring = NginxRing([Node(u, u, 5) for u in urls])
+        placed: dict[int, str] = {}
+        tie = None
+        for node in ring.nodes:
+            host, _, p = nginx_server(node).partition(":")
+            base, previous = zlib.crc32(host.encode() + b"\0" + p.encode()), 0
+            for _ in range(800):
+                previous = zlib.crc32(previous.to_bytes(4, "little"), base)
+                if placed.get(previous, node.id) != node.id:
+                    tie = (previous, placed[previous], node.id)
+                placed.setdefault(previous, node.id)
+        if tie is not None and all(_free(h, port) for h in HOSTS):
+            break
+    else:
+        raise AssertionError("no port with a CRC32 collision found")
+    point, first, second = tie
+    key = forge_crc32(point)
+    assert ring.owner_of(key.decode()).id == first  # type: ignore[union-attr]
+    front = free_port(["127.0.0.1"])
+    body = "".join(f"    server {{ listen {h}:{port}; location / {{ return 200; }} }}\n" for h in HOSTS)
+    for name, nodes in (("ring", ring.nodes), ("reversed", tuple(reversed(ring.nodes)))):
+        servers = "".join(f"        server {nginx_server(n)} weight=5;\n" for n in nodes)
+        body += f"    upstream {name} {{\n        hash $http_x_k consistent;\n{servers}    }}\n"
+    body += f"""    server {{
+        listen 127.0.0.1:{front};
+        add_header X-Up $upstream_addr always;
+        location /ring {{ proxy_pass http://ring; }}
+        location /reversed {{ proxy_pass http://reversed; }}
+    }}
+"""
+    with nginx(tmp_path, body, [("127.0.0.1", front), *((h, port) for h in HOSTS)]):
+        ordered, reverse = pipelined("127.0.0.1", front, [get("/ring", {b"X-K": key}), get("/reversed", {b"X-K": key})])
+    assert ordered[b"x-up"].decode() == nginx_server(Node(first, first))
+    assert reverse[b"x-up"].decode() == nginx_server(Node(second, second))  # the order is what decides
+
+
+def _free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True

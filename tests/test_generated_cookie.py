@@ -154,3 +154,37 @@ def test_settings_from_the_environment() -> None:
     assert auto_source is not None
     assert "Secure" not in attributes(auto_source.set_cookie("k", https=False))
     assert "Secure" in attributes(auto_source.set_cookie("k", https=True))
+
+
+def test_the_wsgi_middleware_issues_the_cookie_too() -> None:
+    from affinity_mw import AffinityWSGIMiddleware
+
+    seen: list[object] = []
+
+    def app(environ: dict[str, object], start_response: object) -> list[bytes]:
+        seen.append(environ["affinity_mw.decision"])
+        start_response("200 OK", [("Content-Type", "text/plain")])  # type: ignore[operator]
+        return [b"ok"]
+
+    url = "http://127.0.0.1:8000"
+    mw = AffinityWSGIMiddleware(app, peers=[url], self_url=url, secret=SECRET, key="generated-cookie:aff")
+
+    def get(cookie: str | None, scheme: str = "http") -> dict[str, str]:
+        environ: dict[str, object] = {
+            "REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000", "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": scheme,
+        }  # fmt: skip
+        if cookie is not None:
+            environ["HTTP_COOKIE"] = cookie
+        headers: list[tuple[str, str]] = []
+        body = mw(environ, lambda status, hdrs, *exc: headers.extend(hdrs))
+        assert b"".join(body) == b"ok"
+        return {name.lower(): value for name, value in headers}
+
+    issued = get(None)["set-cookie"]
+    key = seen[-1].key  # type: ignore[attr-defined]
+    assert key is not None and "Secure" not in issued
+    assert "set-cookie" not in get(issued.split(";", 1)[0])
+    assert seen[-1].key == key and seen[-1].reason in ("owner", "single-node")  # type: ignore[attr-defined]
+    assert "Secure" in get(None, scheme="https")["set-cookie"]
+    assert mw.core.counters["cookies_issued"] == 2

@@ -382,6 +382,7 @@ PINNED = {
     "ring": ("264ee3f77f25", (2, 2, 3, 3, 2, 2, 2, 3, 2, 2, 3, 1)),
     "maglev": ("f55bf34c87e4", (1, 3, 3, 2, 2, 2, 1, 3, 3, 2, 2, 2)),
     "rendezvous": ("0ac4fd8a6307", (3, 1, 1, 3, 1, 3, 1, 1, 3, 1, 1, 2)),
+    "nginx": ("88d0a18da312", (2, 2, 1, 3, 1, 3, 1, 2, 2, 1, 2, 2)),
 }
 EXACT_REMOVAL = ("ring", "rendezvous", "nginx")  # successors(h)[k] is the owner once the k nodes before it are gone
 

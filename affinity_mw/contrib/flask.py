@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from ..router import Decision
+from ..routes import flask_exclusions
 from ..wsgi import DECISION_KEY, AffinityWSGIMiddleware
 
 __all__ = ["Affinity", "current_decision"]
@@ -54,9 +55,19 @@ class Affinity:
                 lifetime = app.config.get("PERMANENT_SESSION_LIFETIME", timedelta(days=31))
                 seconds = lifetime.total_seconds() if isinstance(lifetime, timedelta) else float(lifetime)
                 environ["AFFINITY_COOKIE_MAX_AGE"] = str(int(seconds))
-        self.middleware = AffinityWSGIMiddleware(app.wsgi_app, environ=environ, **options)
-        app.wsgi_app = self.middleware
+        self.middleware = middleware = AffinityWSGIMiddleware(app.wsgi_app, environ=environ, **options)
+        app.wsgi_app = middleware
         app.extensions["affinity"] = self
+        # Views marked @unrouted become exclusions: those registered already, and each one registered later (a
+        # blueprint registers its views through the app's add_url_rule too). Nothing is added per request.
+        middleware.core.mark_unrouted(flask_exclusions(app))
+        add_url_rule = app.add_url_rule
+
+        def add_url_rule_marking(*args: Any, **kwargs: Any) -> None:
+            add_url_rule(*args, **kwargs)
+            middleware.core.mark_unrouted(flask_exclusions(app))
+
+        app.add_url_rule = add_url_rule_marking
 
 
 def current_decision() -> Decision | None:

@@ -77,6 +77,7 @@ _ALGORITHMS: dict[str, type[HashRing] | type[MaglevRing] | type[RendezvousRing]]
     "ring": HashRing,
     "maglev": MaglevRing,
     "rendezvous": RendezvousRing,
+    "nginx": NginxRing,
 }
 
 RING_ALGORITHMS = tuple(_ALGORITHMS)

@@ -24,6 +24,21 @@ FLOOD_FRAMES = 512
 FLOOD_DATA = random.Random(0).randbytes(FLOOD_FRAME)
 
 
+async def next_message(websocket: WebSocket, room: str) -> Any:
+    """The next message, or ``None`` once the socket ended: the client left (its close code and reason are kept in
+    ``closes[room]``) or asked, with ``close:CODE:REASON``, to be closed with that code and reason."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        closes[room] = [message.get("code"), message.get("reason") or ""]
+        return None
+    text = message.get("text")
+    if text is not None and text.startswith("close:"):
+        _, code, reason = text.split(":", 2)
+        await websocket.close(int(code), reason)
+        return None
+    return message
+
+
 async def echo(websocket: WebSocket) -> None:
     """Echo every message as it came (text as text, bytes as bytes); ``close:CODE:REASON`` closes with that code
     and reason. The client's close code and reason are kept for /probe/closes."""
@@ -31,15 +46,10 @@ async def echo(websocket: WebSocket) -> None:
     await websocket.accept()
     await websocket.send_text(json.dumps({"node": NODE, "room": room}))
     while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            closes[room] = [message.get("code"), message.get("reason") or ""]
+        message = await next_message(websocket, room)
+        if message is None:
             return
         text = message.get("text")
-        if text is not None and text.startswith("close:"):
-            _, code, reason = text.split(":", 2)
-            await websocket.close(int(code), reason)
-            return
         if text is not None:
             await websocket.send_text(text)
         else:
