@@ -99,3 +99,32 @@ def test_the_printed_configuration_routes_each_key_source_to_its_owner(tmp_path:
         # No key at all: nginx balances (the middleware would route); every node gets some.
         chosen = [a[b"x-up"].decode() for a in pipelined("127.0.0.1", front, [get("/none")] * 50)]
         assert len(set(chosen)) == len(HOSTS)
+
+
+def test_dns_membership_is_resolved_into_the_upstream(tmp_path: Path) -> None:
+    """A records: one server per address (and per worker port with AFFINITY_WORKERS); SRV: the stable target
+    names, each with its current address in a comment, so a changed address changes the file."""
+    from affinity_mw.devdns import DnsServer
+
+    records = {
+        "app.test": {"A": ["10.0.0.2", "10.0.0.1"]},
+        "_http._tcp.app.test": {"SRV": [{"target": f"app-{i}.app.test", "port": 8000} for i in (0, 1)]},
+        "app-0.app.test": {"A": ["10.0.1.7"]},
+        "app-1.app.test": {"A": ["10.0.1.8"]},
+    }
+    with DnsServer(tmp_path, {"ttl": 30, "records": records}) as dns:
+        base = {"AFFINITY_DNS_NAMESERVER": dns.nameserver, "AFFINITY_DNS_PORT": "8000", "AFFINITY_RING": "nginx"}
+        base["AFFINITY_KEY"] = "header:X-Tenant"
+        out = edge({**base, "AFFINITY_DNS": "app.test", "AFFINITY_WORKERS": "2"})
+        assert out.returncode == 0, out.stderr
+        servers = [line.strip() for line in out.stdout.splitlines() if line.strip().startswith("server 10.")]
+        assert servers == [f"server 10.0.0.{i}:{p};" for i in (1, 2) for p in (8000, 8001)]
+        assert "nginx -s reload" in out.stdout  # how to keep the list in step
+        out = edge({**base, "AFFINITY_DNS": "srv:_http._tcp.app.test"})
+        assert out.returncode == 0, out.stderr
+        assert "server app-0.app.test:8000;  # now 10.0.1.7:8000" in out.stdout
+        assert "server app-1.app.test:8000;  # now 10.0.1.8:8000" in out.stdout
+        out = edge({**base, "AFFINITY_DNS": "nothing.test"}, "--listen", "127.0.0.1:1")
+        assert out.returncode == 1 and "no members" in out.stderr
+        checked = nginx_check(tmp_path / "empty", out.stdout)
+        assert checked.returncode == 0, checked.stderr  # a placeholder keeps the file loadable
