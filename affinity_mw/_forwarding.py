@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from ._pace import SLOW_UPLOAD, SMALL_BODY, DownloadPace, pace_upload
 from ._plan import POOL_EXHAUSTED_ANSWER, Forwarding, ForwardPlan, ForwardRequest, Outcome
 from ._slots import AsyncPeerSlots, SyncPeerSlots
 from .forward import AsyncTransport, ClientGone, ForwardError, PoolExhausted, SyncTransport, bodiless
@@ -39,8 +40,14 @@ async def forward_async(
     if begun is not None and not isinstance(begun, int):
         return begun
     body = request.body(begun, forwarding.body_limit(begun)) if begun != 0 else None
+    stream = body.stream if body else None
+    # A client slower than the minimum rate (its own time only) is cut off, so it cannot hold the peer's slot.
+    min_rate, grace = forwarding.min_rate, forwarding.min_rate_grace
+    upload = None
+    if stream is not None and min_rate:
+        upload, stream = pace_upload(stream, grace, min_rate)
     with ForwardPlan(forwarding, decision, request.headers, request.client, request.scheme) as plan:
-        for node, upstream in plan.attempts(method, target, begun, body.stream if body else None):
+        for node, upstream in plan.attempts(method, target, begun, stream):
             slot = slots.get(node.id)
             if not slot.take():
                 try:
@@ -59,6 +66,8 @@ async def forward_async(
                         await response.aclose(reusable=False)
                 finally:
                     slot.release()
+                if upload is not None and upload.expired:
+                    return SLOW_UPLOAD
                 step = plan.settle(node, exc, method, body)
                 if step is not None:
                     return step
@@ -68,7 +77,10 @@ async def forward_async(
             except BaseException:
                 slot.release()
                 raise
-            return plan.relay(node, response, no_body, first, chunks, slot)
+            relay = plan.relay(node, response, no_body, first, chunks, slot)
+            if min_rate and not no_body and (relay.length != len(first) or len(first) > SMALL_BODY):
+                relay.chunks = relay.slot = DownloadPace(grace, min_rate, response, chunks, len(first), slot)
+            return relay
     return plan.finish()
 
 

@@ -181,6 +181,8 @@ class Forwarding:
         forwarded_headers: bool = False,
         max_body: int = 0,
         debug_headers: bool = False,
+        min_rate: float = 0.0,
+        min_rate_grace: float = 20.0,
     ) -> None:
         self.membership = membership
         self.signer = signer
@@ -194,6 +196,8 @@ class Forwarding:
         self.forwarded_headers = forwarded_headers
         self.max_body = max_body
         self.debug_headers = debug_headers
+        self.min_rate = min_rate
+        self.min_rate_grace = min_rate_grace
 
     def begin(self, request: ForwardRequest, method: str, target: str) -> Answer | _Signal | int | None:
         """The checks before any attempt: the target's form, then the body's framing. Returns the body's length

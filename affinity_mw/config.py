@@ -226,6 +226,22 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds a forward waits for a free connection to a busy peer before answering 503 with Retry-After.",
     ),
     Option(
+        "min_rate",
+        "AFFINITY_MIN_RATE",
+        500.0,
+        _float,
+        "Slowest a client may send or read a forwarded body (ASGI), in bytes per second of its own time: one that "
+        "falls behind by more than `AFFINITY_MIN_RATE_GRACE` seconds, or stalls that long, is cut off (408, or an "
+        "aborted download) and the peer's slot freed, so slow clients cannot hold a peer's slots. 0 turns it off.",
+    ),
+    Option(
+        "min_rate_grace",
+        "AFFINITY_MIN_RATE_GRACE",
+        20.0,
+        _float,
+        "Seconds of its own time a client may fall behind `AFFINITY_MIN_RATE` (or stall) on a forwarded body.",
+    ),
+    Option(
         "max_header_bytes",
         "AFFINITY_MAX_HEADER_BYTES",
         65536,
@@ -518,6 +534,8 @@ class Settings:
     keepalive: float = 1.5
     pool_size: int = 100
     pool_timeout: float = 2.0
+    min_rate: float = 500.0
+    min_rate_grace: float = 20.0
     max_header_bytes: int = 65536
     max_body: int = 0
     transport: str = "asyncio"
@@ -665,6 +683,10 @@ class Settings:
                 errors.append(f"{name} ({_BY_NAME[name].env}) must be a positive number of seconds")
         if self.max_body < 0:
             errors.append("max_body (AFFINITY_MAX_BODY) must be 0 (no limit) or more bytes")
+        if not self.min_rate >= 0:
+            errors.append("min_rate (AFFINITY_MIN_RATE) must be 0 (off) or more bytes per second")
+        if not self.min_rate_grace > 0:
+            errors.append("min_rate_grace (AFFINITY_MIN_RATE_GRACE) must be a positive number of seconds")
         if self.trusted_proxies < 0:
             errors.append("trusted_proxies (AFFINITY_TRUSTED_PROXIES) must be 0 or more")
         clustered = len(self.peers) > 1 or self.dns is not None

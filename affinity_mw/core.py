@@ -169,6 +169,8 @@ class AffinityCore:
                 forwarded_headers=settings.forwarded_headers,
                 max_body=settings.max_body,
                 debug_headers=settings.debug_headers,
+                min_rate=settings.min_rate,
+                min_rate_grace=settings.min_rate_grace,
             )
             if self.signer is not None
             else None

@@ -12,7 +12,8 @@ Modes (``--mode``):
   keep-alive race docs/reliability.md describes), made deterministic.
 
 Every request received in full is counted in ``--counts`` (a JSON file replaced atomically after each request, so
-a reader never sees half of it): ``{"total": n, "by_method": {...}, "requests": [[method, target], ...]}``. The file
+a reader never sees half of it): ``{"total": n, "by_method": {...}, "requests": [[method, target], ...]}``, the
+nodes' active health checks apart (``health_checks``: they are not forward attempts). The file
 exists, with zero counts, once the server listens, which is how :class:`FaultPeer` knows it is ready.
 """
 
@@ -37,6 +38,7 @@ from typing import Any
 from cluster import stop_group
 
 MODES = ("hang", "reset", "midbody", "midbody-chunked", "status", "stale")
+HEALTH_PATH = "/_affinity/health"
 BODY_BYTE = b"x"
 
 
@@ -45,18 +47,23 @@ class Peer:
         self.args = args
         self.counts_path = Path(args.counts)
         self.total = 0
+        self.health_checks = 0
         self.by_method: Counter[str] = Counter()
         self.requests: list[list[str]] = []
         self.writers: set[asyncio.StreamWriter] = set()
 
     def record(self, method: str, target: str) -> None:
-        self.total += 1
-        self.by_method[method] += 1
-        self.requests.append([method, target])
+        if target == HEALTH_PATH:  # the nodes' active checks of a set-aside peer: not forward attempts
+            self.health_checks += 1
+        else:
+            self.total += 1
+            self.by_method[method] += 1
+            self.requests.append([method, target])
         self.write_counts()
 
     def write_counts(self) -> None:
         data = {"total": self.total, "by_method": dict(self.by_method), "requests": self.requests[-1000:]}
+        data["health_checks"] = self.health_checks
         tmp = self.counts_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.counts_path)

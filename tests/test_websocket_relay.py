@@ -190,12 +190,20 @@ def test_an_owner_refusal_is_the_clients_refusal(pair: Pair) -> None:
 
 def test_a_slow_reader_holds_the_owner_back(pair: Pair) -> None:
     """The owner offers 512 messages of 1 MiB; while the client reads nothing, the relay must not take them all
-    into memory: the owner's sends stall once the bounded buffers (the relay's queue and the sockets') are full."""
-    with connect(pair.ws("/ws/flood"), max_size=2 * MIB, compression=None) as ws:
-        time.sleep(3)
-        sent = get_json(pair.owner, "/probe/flood")["sent"]
-        assert isinstance(sent, int)
-        assert sent < 64, f"the owner sent {sent} MiB to a client that read none"
+    into memory: the owner's sends stall once the bounded buffers (the relay's queue of 4 messages, and the
+    sockets' buffers, which the kernel sizes) are full, far short of the 512."""
+    with connect(pair.ws("/ws/flood"), max_size=2 * MIB, max_queue=1, compression=None) as ws:
+        readings = [-1]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # until the owner's count stops moving
+            time.sleep(1)
+            sent = get_json(pair.owner, "/probe/flood")["sent"]
+            assert isinstance(sent, int)
+            if sent == readings[-1]:
+                break
+            readings.append(sent)
+        assert sent == readings[-1], f"the owner never stalled: {readings}"
+        assert sent < 128, f"the owner sent {sent} MiB to a client that read none"
         for _ in range(sent + 8):  # reading resumes the flow
             assert ws.recv(timeout=10) == FLOOD_DATA
         assert get_json(pair.owner, "/probe/flood")["sent"] > sent
