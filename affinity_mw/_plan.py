@@ -136,7 +136,8 @@ class ForwardRequest(Protocol):
         """The request target as received (origin-form for anything forwardable)."""
 
     def body(self, content_length: int | None, limit: BodyLimit | None) -> Any:
-        """``None`` when ``content_length`` is 0, else a reader with ``stream()``, ``started``, ``gone``, ``over``."""
+        """A reader of a body that is not empty: ``stream()`` (refuses a second read), ``started``, ``gone``, ``over``
+        (past ``limit``, for a body of unknown length)."""
 
 
 class RetryBudget:

@@ -13,14 +13,15 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from ._asgi_emit import LimitedBody, send_answer, unframed, wait_disconnect, with_headers
 from ._forwarding import forward_async
 from ._plan import ABORT, SERVE_LOCAL, Answer, Relay
-from ._scope import RequestBody, ScopeRequest, expose, first_header
+from ._scope import RequestBody, ScopeRequest, expose
 from ._slots import AsyncPeerSlots
 from ._wsroute import WebSocketRouting
 from .config import ConfigurationError
 from .core import AffinityCore
-from .forward import BODY_TOO_LARGE, AsyncTransport, BodyLimit, BodyTooLarge, ForwardError
+from .forward import AsyncTransport, BodyLimit, ForwardError
 from .router import LOCAL, Decision
 from .routes import app_exclusions
 from .transports import HttpxTransport, async_transport
@@ -94,7 +95,7 @@ class AffinityMiddleware:
             request = ScopeRequest(scope, receive, self._key_header)
             decision = self.core.admit(request)
             if isinstance(decision, Answer):
-                await _plain(send, decision)
+                await send_answer(send, decision)
             elif decision.action == LOCAL:
                 await self._serve_local(request.scope, receive, send, decision)
             else:
@@ -104,7 +105,7 @@ class AffinityMiddleware:
                 if type(outcome) is Relay:
                     await self._relay(outcome, receive, send, request.reader)
                 elif type(outcome) is Answer:
-                    await _plain(send, outcome)
+                    await send_answer(send, outcome)
                 elif outcome is SERVE_LOCAL:
                     await self._serve_local(request.scope, receive, send, decision)
                 else:  # ABORT: the client left mid-upload; nobody to answer
@@ -119,15 +120,15 @@ class AffinityMiddleware:
         expose(scope, decision)
         extra = self.core.serve_here(decision, scope["scheme"])
         if extra:
-            send = _with_headers(send, extra)
-        if not (self.core.max_body and _unframed(scope)):
+            send = with_headers(send, extra)
+        if not (self.core.max_body and unframed(scope)):
             return self.app(scope, receive, send)
         return self._serve_limited(scope, receive, send)
 
     async def _serve_limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A chunked body can grow past max_body while the app reads it: the app's receive then reports a
         # disconnect and the client gets 413 (if the app has not started its response; otherwise it is aborted).
-        limited = _LimitedBody(receive, send, BodyLimit(self.core.max_body))
+        limited = LimitedBody(receive, send, BodyLimit(self.core.max_body))
         try:
             await self.app(scope, limited.receive, limited.send)
         except Exception:
@@ -158,7 +159,7 @@ class AffinityMiddleware:
                     if watcher is None and (body is None or body.done):
                         # Servers drop sends to a client that has gone away; watch for the disconnect so a
                         # long download stops pulling from the peer (started lazily: most bodies are one chunk).
-                        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+                        watcher = asyncio.ensure_future(wait_disconnect(receive))
                     elif watcher is not None and watcher.done():
                         return  # the client went away mid-download: stop pulling; the connection is discarded
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -213,77 +214,3 @@ def _server_running() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-class _LimitedBody:
-    """The local app's ``receive`` and ``send`` for a body of unknown length under ``max_body``.
-
-    When the body goes over the limit before the app has started its response, the middleware answers 413 itself
-    and the app's ``receive`` reports ``http.disconnect`` (never a truncated body that looks complete); whatever
-    the app sends afterwards is dropped. If the app had already started its response, ``receive`` raises
-    :class:`BodyTooLarge` and the server aborts the connection.
-    """
-
-    __slots__ = ("_receive", "_send", "answered", "limit", "started")
-
-    def __init__(self, receive: Receive, send: Send, limit: BodyLimit) -> None:
-        self._receive = receive
-        self._send = send
-        self.limit = limit
-        self.started = self.answered = False
-
-    async def receive(self) -> Message:
-        if self.answered:
-            return {"type": "http.disconnect"}
-        message = await self._receive()
-        if message["type"] == "http.request":
-            try:
-                self.limit.add(len(message.get("body", b"")))
-            except BodyTooLarge:
-                if self.started:
-                    raise
-                self.answered = True
-                await _plain(self._send, Answer(*BODY_TOO_LARGE))
-                return {"type": "http.disconnect"}
-        return message
-
-    async def send(self, message: Message) -> None:
-        if self.answered:
-            return
-        if message["type"] == "http.response.start":
-            self.started = True
-        await self._send(message)
-
-
-def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
-    async def send_with_headers(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = dict(message)
-            message["headers"] = [*message.get("headers", ()), *extra]
-        await send(message)
-
-    return send_with_headers
-
-
-def _unframed(scope: Scope) -> bool:
-    """A request body whose length nobody declared (chunked, or HTTP/2 without Content-Length)."""
-    headers = scope["headers"]
-    if first_header(headers, b"transfer-encoding") is not None:
-        return True
-    return scope.get("http_version") == "2" and first_header(headers, b"content-length") is None
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _plain(send: Send, answer: Answer) -> None:
-    text = answer.text
-    headers = [
-        (b"content-type", answer.content_type.encode("latin-1")),
-        (b"content-length", str(len(text)).encode()),
-        *answer.headers,
-    ]
-    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
-    await send({"type": "http.response.body", "body": text, "more_body": False})

@@ -10,7 +10,6 @@ outcomes: the request view is :mod:`affinity_mw._environ`, admission and the for
 from __future__ import annotations
 
 import functools
-import http
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -19,8 +18,9 @@ from ._environ import EnvironRequest, environ_headers, environ_key
 from ._forwarding import forward_sync
 from ._plan import SERVE_LOCAL, Answer, Relay
 from ._slots import SyncPeerSlots
+from ._wsgi_emit import limited_app, phrase, send_answer
 from .core import AffinityCore
-from .forward import BODY_TOO_LARGE, BodyLimit, ForwardError, SyncTransport
+from .forward import ForwardError, SyncTransport
 from .router import LOCAL, Decision
 from .routes import app_exclusions
 from .transports import HttpxSyncTransport, Urllib3Transport
@@ -94,7 +94,7 @@ class AffinityWSGIMiddleware:
         request = EnvironRequest(environ, self._key_env)
         decision = self.core.admit(request)
         if isinstance(decision, Answer):
-            return _plain(start_response, decision)
+            return send_answer(start_response, decision)
         if decision.action == LOCAL:
             return self._serve_local(request.environ, start_response, decision)
         forwarding = self.core.forwarding
@@ -103,16 +103,16 @@ class AffinityWSGIMiddleware:
         if type(outcome) is Relay:
             return self._relay(outcome, start_response)
         if type(outcome) is Answer:
-            return _plain(start_response, outcome)
+            return send_answer(start_response, outcome)
         if outcome is SERVE_LOCAL:
             return self._serve_local(request.environ, start_response, decision)
-        return _plain(start_response, _CLIENT_GONE)  # ABORT
+        return send_answer(start_response, _CLIENT_GONE)  # ABORT
 
     def _serve_local(self, environ: Environ, start_response: StartResponse, decision: Decision) -> Iterable[bytes]:
         environ[DECISION_KEY] = decision
         app = self.app
         if self.core.max_body and "HTTP_TRANSFER_ENCODING" in environ:
-            app = functools.partial(_limited_app, app, self.core.max_body)
+            app = functools.partial(limited_app, app, self.core.max_body)
         raw = self.core.serve_here(decision, environ.get("wsgi.url_scheme", "http"))
         if raw:
             extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
@@ -126,7 +126,7 @@ class AffinityWSGIMiddleware:
     def _relay(self, relay: Relay, start_response: StartResponse) -> Iterable[bytes]:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in relay.headers]
         try:
-            start_response(f"{relay.status} {relay.response.reason or _phrase(relay.status)}", headers)
+            start_response(f"{relay.status} {relay.response.reason or phrase(relay.status)}", headers)
         except BaseException:
             relay.close(reusable=False)
             raise
@@ -167,86 +167,3 @@ class _Relay:
         finally:
             if slot is not None:
                 slot.release()
-
-
-class _LimitedInput:
-    """``wsgi.input`` for a chunked body under ``max_body``: reads raise
-    :class:`~affinity_mw.forward.BodyTooLarge` once the body has gone over the limit."""
-
-    __slots__ = ("_stream", "limit")
-
-    def __init__(self, stream: Any, limit: BodyLimit) -> None:
-        self._stream = stream
-        self.limit = limit
-
-    def read(self, *size: Any) -> bytes:
-        data: bytes = self._stream.read(*size)
-        self.limit.add(len(data))
-        return data
-
-    def readline(self, *size: Any) -> bytes:
-        data: bytes = self._stream.readline(*size)
-        self.limit.add(len(data))
-        return data
-
-    def readlines(self, *hint: Any) -> list[bytes]:
-        lines: list[bytes] = self._stream.readlines(*hint)
-        self.limit.add(sum(len(line) for line in lines))
-        return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.readline, b"")
-
-
-def _limited_app(app: WSGIApp, limit: int, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-    """Run the local app on a chunked body under ``max_body``.
-
-    Once the body goes over the limit, reading ``wsgi.input`` raises ``BodyTooLarge``; if the app had not started
-    its response, the client gets 413 whatever the app answers then (an exception, a 500, or even a 200 after
-    catching it), since a body it could not read in full must never look handled. If it had started its response,
-    the exception is the app's and the server's to deal with (typically an aborted connection).
-    """
-    body = _LimitedInput(environ["wsgi.input"], BodyLimit(limit))
-    environ["wsgi.input"] = body
-    started = False
-
-    def start(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
-        nonlocal started
-        if body.limit.over and not started:
-            return _discard  # replaced by the 413 below
-        started = True
-        return start_response(status, headers, *exc_info)
-
-    try:
-        result = app(environ, start)
-    except Exception:
-        if started or not body.limit.over:
-            raise
-        return _plain(start_response, Answer(*BODY_TOO_LARGE))
-    if body.limit.over and not started:
-        close = getattr(result, "close", None)
-        if close is not None:
-            close()
-        return _plain(start_response, Answer(*BODY_TOO_LARGE))
-    return result
-
-
-def _discard(data: bytes) -> None:
-    pass
-
-
-def _phrase(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
-
-
-def _plain(start_response: StartResponse, answer: Answer) -> list[bytes]:
-    headers = [
-        ("Content-Type", answer.content_type),
-        ("Content-Length", str(len(answer.text))),
-        *((k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.headers),
-    ]
-    start_response(f"{answer.status} {_phrase(answer.status)}", headers)
-    return [answer.text]
