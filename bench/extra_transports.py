@@ -1,4 +1,4 @@
-"""The benchmark's wrapped app forwarding through a client that ``affinity_mw`` does not ship (issue 7).
+"""The benchmark's wrapped app forwarding through a client that ``affinity_mw`` does not ship.
 
 ``BENCH_TRANSPORT`` chooses it; everything else comes from ``AFFINITY_*`` as for ``bench.app:wrapped``:
 

@@ -78,11 +78,11 @@ SCENARIOS = ("bare", "local", "forwarded-asyncio", "forwarded-aiohttp", "forward
 EXTRA_TRANSPORTS = ("httpx-aiohttp", "pyreqwest")
 EXTRA_MODULES = {"httpx-aiohttp": "httpx_aiohttp", "pyreqwest": "pyreqwest"}
 WSGI_SCENARIOS = ("bare", "local", "forwarded-urllib3", "forwarded-httpx")
-# Every --wsgi server: gunicorn's threaded worker, as issue #3 specifies it.
+# Every --wsgi server: gunicorn's threaded worker, the usual production choice for a WSGI app.
 GUNICORN_WORKER = ["--worker-class", "gthread", "--threads", "8", "--workers", "1", "--keep-alive", "5"]
 MAX_BARE_SPREAD = 1.10  # bare's CPU/request varying more than this between rounds means the machine drifted
 MAX_SLOWDOWN = 1.4  # a run on cores this much slower than the pass's median is reported as disturbed
-TARGETS = {  # issue 7
+TARGETS = {
     "local_rps_ratio_min": 0.97,
     "forwarded_rps_ratio_min": 0.55,
     "forwarded_cpu_ratio_max": 2.5,
@@ -742,7 +742,7 @@ def evaluate(result: dict[str, Any]) -> dict[str, Any]:
             "met": s["local"]["rps_ratio"] >= TARGETS["local_rps_ratio_min"],
         },
     }
-    if result["config"]["wsgi"]:  # issue #3 sets only the local path's target for WSGI
+    if result["config"]["wsgi"]:  # WSGI has a target for the local path only
         return targets
     at100 = next((r for r in result.get("ring", {}).get("results", []) if r["nodes"] == 100), None)
     fwd = s[DEFAULT_FORWARD]

@@ -1,4 +1,4 @@
-"""The benchmark-only transports of bench/extra_transports.py behave as a proxy's client must (issue 7).
+"""The benchmark-only transports of bench/extra_transports.py behave as a proxy's client must.
 
 Skipped unless httpx-aiohttp and pyreqwest are installed (``bash bench/setup.sh --extra``); neither is a
 dependency of affinity_mw. Each check talks to a small asyncio HTTP/1.1 server on 127.0.0.1 that records the

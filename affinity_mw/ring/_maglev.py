@@ -76,7 +76,7 @@ class MaglevRing(Ring):
             rounds += 1
             for i, weight in enumerate(weights):
                 if rounds * weight < targets[i]:
-                    continue  # a lighter node sits this round out
+                    continue  # a lighter node sits this pass out
                 targets[i] += top
                 c, skip = cursor[i], skips[i]
                 while slots[c] >= 0:
