@@ -6,7 +6,8 @@
 built-in asyncio client, in the serving event loop); ``gunicorn`` serves it over WSGI (``wsgi.py``, gthread
 workers: requests are forwarded with a urllib3 pool; a sync worker would block while it forwards). Each node gets
 ``AFFINITY_PEERS``, ``AFFINITY_SELF`` and one ``AFFINITY_SECRET`` made up for the run; ``settings.AFFINITY``
-says the rest. If one node exits, the others are stopped too. Then:
+says the rest. If one node exits, the others are stopped too. It writes nothing into the repository: each
+gunicorn master gets its own control socket in a temporary folder, removed on exit. Then:
 curl -H 'X-Region: eu-west' http://127.0.0.2:8000/prices
 """
 
@@ -18,15 +19,26 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 
-def command(server: str, host: str, port: int) -> list[str]:
+def control_socket_options(folder: str, i: int) -> list[str]:
+    """gunicorn 25 and later open a control socket, by default at one path for every master on the machine."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    if any(setting.name == "control_socket" for setting in KNOWN_SETTINGS):
+        return ["--control-socket", os.path.join(folder, f"node{i}.ctl")]
+    return []
+
+
+def command(server: str, host: str, port: int, folder: str, i: int) -> list[str]:
     if server == "uvicorn":
         return [sys.executable, "-m", "uvicorn", "asgi:application", "--host", host, "--port", str(port)]
     return [
         sys.executable, "-m", "gunicorn", "wsgi:application", "--bind", f"{host}:{port}",
         "--worker-class", "gthread", "--threads", "8", "--workers", "1", "--keep-alive", "5",
+        *control_socket_options(folder, i),
     ]  # fmt: skip
 
 
@@ -44,27 +56,28 @@ def main() -> None:
     env["AFFINITY_PEERS"] = ",".join(urls)
     here = os.path.dirname(os.path.abspath(__file__))
     procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for i, url in enumerate(urls):
-            node_env = dict(env, AFFINITY_SELF=url)
-            procs.append(subprocess.Popen(command(args.server, f"127.0.0.{i + 1}", args.port), cwd=here, env=node_env))
-            print(f"node {url} pid {procs[-1].pid}", flush=True)
-        while all(proc.poll() is None for proc in procs):
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not cut the clean-up short
-            signal.signal(sig, signal.SIG_IGN)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with tempfile.TemporaryDirectory(prefix="affinity-django-") as folder:
+        try:
+            for i, url in enumerate(urls):
+                cmd = command(args.server, f"127.0.0.{i + 1}", args.port, folder, i + 1)
+                procs.append(subprocess.Popen(cmd, cwd=here, env=dict(env, AFFINITY_SELF=url)))
+                print(f"node {url} pid {procs[-1].pid}", flush=True)
+            while all(proc.poll() is None for proc in procs):
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not cut the clean-up short
+                signal.signal(sig, signal.SIG_IGN)
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
 if __name__ == "__main__":
