@@ -19,7 +19,7 @@ import asyncio
 import time
 
 from ._pace import SLOW_UPLOAD, SMALL_BODY, DownloadPace, pace_upload
-from ._plan import POOL_EXHAUSTED_ANSWER, Forwarding, ForwardPlan, ForwardRequest, Outcome
+from ._plan import POOL_EXHAUSTED_ANSWER, Forwarding, ForwardPlan, ForwardRequest, Outcome, Start
 from ._slots import AsyncPeerSlots, SyncPeerSlots
 from .forward import AsyncTransport, ClientGone, ForwardError, PoolExhausted, SyncTransport, bodiless
 from .router import Decision
@@ -35,11 +35,10 @@ async def forward_async(
     slots: AsyncPeerSlots,
 ) -> Outcome:
     """Carry out a forward decision on an event loop; see the module docstring for the outcomes."""
-    method, target = request.method, request.target()
-    begun = forwarding.begin(request, method, target)
-    if begun is not None and not isinstance(begun, int):
-        return begun
-    body = request.body(begun, forwarding.body_limit(begun)) if begun != 0 else None
+    start = forwarding.start(request)
+    if not isinstance(start, Start):
+        return start
+    method, target, begun, body = start
     stream = body.stream if body else None
     # A client slower than the minimum rate (its own time only) is cut off, so it cannot hold the peer's slot.
     min_rate, grace = forwarding.min_rate, forwarding.min_rate_grace
@@ -92,11 +91,10 @@ def forward_sync(
     slots: SyncPeerSlots,
 ) -> Outcome:
     """Carry out a forward decision on a worker thread: :func:`forward_async` without ``await``."""
-    method, target = request.method, request.target()
-    begun = forwarding.begin(request, method, target)
-    if begun is not None and not isinstance(begun, int):
-        return begun
-    body = request.body(begun, forwarding.body_limit(begun)) if begun != 0 else None
+    start = forwarding.start(request)
+    if not isinstance(start, Start):
+        return start
+    method, target, begun, body = start
     with ForwardPlan(forwarding, decision, request.headers, request.client, request.scheme) as plan:
         for node, upstream in plan.attempts(method, target, begun, body.stream if body else None):
             slot = slots.acquire(node.id)

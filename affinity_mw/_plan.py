@@ -51,6 +51,7 @@ __all__ = [
     "Outcome",
     "Relay",
     "RetryBudget",
+    "Start",
     "debug_headers",
 ]
 
@@ -115,6 +116,16 @@ class Relay:
 
 
 Outcome = Answer | Relay | _Signal
+
+
+class Start(NamedTuple):
+    """A request that passed the checks before any attempt: its method and target, its body's length (``0`` none,
+    ``None`` unknown) and the reader of that body (``None`` for none)."""
+
+    method: str
+    target: str
+    length: int | None
+    body: Any
 
 
 class ForwardRequest(Protocol):
@@ -214,6 +225,16 @@ class Forwarding:
         if length == 0 and request.unframed:
             return None  # HTTP/2 needs no length to carry a body: stream whatever comes
         return length
+
+    def start(self, request: ForwardRequest) -> Answer | _Signal | Start:
+        """:meth:`begin`, then the body's reader under :meth:`body_limit`: the prologue both forward loops share, so
+        they cannot differ on which requests are refused or how much body is read."""
+        method, target = request.method, request.target()
+        length = self.begin(request, method, target)
+        if length is not None and not isinstance(length, int):
+            return length
+        body = request.body(length, self.body_limit(length)) if length != 0 else None
+        return Start(method, target, length, body)
 
     def body_limit(self, content_length: int | None) -> BodyLimit | None:
         """A counter for a body of unknown length under ``max_body`` (a declared length was checked before)."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from affinity_mw._plan import ABORT, SERVE_LOCAL, Answer, Forwarding, ForwardPlan, RetryBudget
+from affinity_mw._plan import ABORT, SERVE_LOCAL, Answer, Forwarding, ForwardPlan, RetryBudget, Start
 from affinity_mw.forward import (
     DRAINING_HEADER,
     BodyLimit,
@@ -187,3 +187,29 @@ def test_a_body_limit_only_for_bodies_of_unknown_length() -> None:
     fwd = forwarding(max_body=10)[0]
     assert fwd.body_limit(5) is None and isinstance(fwd.body_limit(None), BodyLimit)
     assert forwarding()[0].body_limit(None) is None
+
+
+class StartRequest(Request):
+    """A request view with a target and a body reader that records the length and limit it was opened with."""
+
+    def __init__(self, method: str, target: str, headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(headers)
+        self.method, self._target, self.opened = method, target, list[Any]()
+
+    def target(self) -> str:
+        return self._target
+
+    def body(self, content_length: int | None, limit: Any) -> str:
+        self.opened.append((content_length, limit))
+        return "reader"
+
+
+def test_start_refuses_before_reading_and_opens_a_body_only_when_there_is_one() -> None:
+    fwd = forwarding(max_body=10)[0]
+    bad = StartRequest("POST", "http://evil.example/x", [(b"content-length", b"5")])
+    assert isinstance(fwd.start(bad), Answer) and bad.opened == []  # type: ignore[arg-type]
+    bodiless_get = StartRequest("GET", "/x", [])
+    assert fwd.start(bodiless_get) == Start("GET", "/x", 0, None) and bodiless_get.opened == []  # type: ignore[arg-type]
+    chunked = StartRequest("POST", "/x", [(b"transfer-encoding", b"chunked")])
+    assert fwd.start(chunked) == Start("POST", "/x", None, "reader")  # type: ignore[arg-type]
+    assert chunked.opened[0][0] is None and isinstance(chunked.opened[0][1], BodyLimit)
