@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
-import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -253,10 +252,6 @@ def _is_affinity(cls: Any) -> bool:
     from .asgi import AffinityMiddleware
 
     return isinstance(cls, type) and issubclass(cls, AffinityMiddleware)
-
-
-def _is_asgi(app: Any) -> bool:
-    return inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(type(app).__call__)
 
 
 def _load_module(name: str, alias: str) -> ModuleType:
