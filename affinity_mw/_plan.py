@@ -53,6 +53,7 @@ __all__ = [
     "RetryBudget",
     "Start",
     "debug_headers",
+    "refuse_target",
 ]
 
 logger = logging.getLogger("affinity_mw")
@@ -213,11 +214,9 @@ class Forwarding:
     def begin(self, request: ForwardRequest, method: str, target: str) -> Answer | _Signal | int | None:
         """The checks before any attempt: the target's form, then the body's framing. Returns the body's length
         (``0`` none, ``None`` chunked), or the outcome for a request that is not forwarded."""
-        if not target.startswith("/"):
-            # Only origin-form targets are forwarded: "http://x/..." or "@host/..." appended to a peer's base URL
-            # would send the request (and a signed marker) wherever the client says. "OPTIONS *" asks about this
-            # server, so this server answers it.
-            return SERVE_LOCAL if method == "OPTIONS" and target == "*" else Answer(*BAD_TARGET)
+        refused = refuse_target(method, target)
+        if refused is not None:
+            return refused
         try:
             length = body_framing(request.headers)
         except BadFraming:
@@ -239,6 +238,17 @@ class Forwarding:
     def body_limit(self, content_length: int | None) -> BodyLimit | None:
         """A counter for a body of unknown length under ``max_body`` (a declared length was checked before)."""
         return BodyLimit(self.max_body) if content_length is None and self.max_body else None
+
+
+def refuse_target(method: str, target: str) -> Answer | _Signal | None:
+    """What a request target that cannot be forwarded gets (``None`` for one that can), for HTTP and websockets.
+
+    Only origin-form targets are forwarded: "http://x/..." or "@host/..." appended to a peer's base URL would send
+    the request (and a signed marker) wherever the client says. "OPTIONS *" asks about this server, so this server
+    answers it."""
+    if target.startswith("/"):
+        return None
+    return SERVE_LOCAL if method == "OPTIONS" and target == "*" else Answer(*BAD_TARGET)
 
 
 def debug_headers(decision: Decision, self_id: str | None) -> Headers:

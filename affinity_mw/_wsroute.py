@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 from websockets.asyncio.client import ClientConnection
 
-from ._plan import SERVE_LOCAL, Answer, Forwarding, ForwardPlan, _Signal, debug_headers
+from ._plan import SERVE_LOCAL, Answer, Forwarding, ForwardPlan, _Signal, debug_headers, refuse_target
 from ._scope import ScopeRequest, expose
 from ._wssessions import MOVED_REASON
-from .forward import BAD_TARGET, DRAINING_HEADER, ForwardError, Headers
+from .forward import DRAINING_HEADER, ForwardError, Headers
 from .router import FORWARD, LOCAL, Decision
 from .websocket import (
     Message,
@@ -45,8 +45,9 @@ async def forward_websocket(
     :data:`SERVE_LOCAL` when every candidate failed and the router says to serve here. An owner that refuses
     because it is draining sets it aside and goes on to the next candidate."""
     target = request.target()
-    if not target.startswith("/"):
-        return Answer(*BAD_TARGET)
+    refused = refuse_target("GET", target)
+    if refused is not None:
+        return refused
     subprotocols = request.scope.get("subprotocols") or ()
     with ForwardPlan(forwarding, decision, request.headers, request.client, request.scheme) as plan:
         for node, upstream in plan.attempts("GET", target, 0, None):

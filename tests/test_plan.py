@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from affinity_mw._plan import ABORT, SERVE_LOCAL, Answer, Forwarding, ForwardPlan, RetryBudget, Start
+from affinity_mw._plan import ABORT, SERVE_LOCAL, Answer, Forwarding, ForwardPlan, RetryBudget, Start, refuse_target
 from affinity_mw.forward import (
     DRAINING_HEADER,
     BodyLimit,
@@ -213,3 +213,11 @@ def test_start_refuses_before_reading_and_opens_a_body_only_when_there_is_one() 
     chunked = StartRequest("POST", "/x", [(b"transfer-encoding", b"chunked")])
     assert fwd.start(chunked) == Start("POST", "/x", None, "reader")  # type: ignore[arg-type]
     assert chunked.opened[0][0] is None and isinstance(chunked.opened[0][1], BodyLimit)
+
+
+def test_refuse_target_is_the_one_rule_for_http_and_websocket_targets() -> None:
+    assert refuse_target("GET", "/chat?room=1") is None
+    assert refuse_target("OPTIONS", "*") is SERVE_LOCAL
+    for method, target in [("GET", "*"), ("GET", "http://evil.example/ws"), ("GET", "@127.0.0.9/ws")]:
+        refused = refuse_target(method, target)
+        assert isinstance(refused, Answer) and refused.status == 400
