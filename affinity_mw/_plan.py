@@ -447,12 +447,17 @@ class ForwardPlan:
         self.decision.served_by = node.id
         return headers
 
-    def relay(self, node: Node, response: Any, no_body: bool, first: bytes, chunks: Any, slot: Any) -> Relay:
-        """The outcome for a peer's response whose first body bytes arrived (``no_body``: one that has none)."""
-        headers = self.answered(node, response.status, response.headers)
+    def with_debug_headers(self, headers: Headers) -> Headers:
+        """A relayed response's headers (HTTP, or a websocket's accept) with this node's debug headers, unless the
+        owner's middleware added its own: it knows which node served, and the client must get one of each."""
         forwarding = self.forwarding
         if forwarding.debug_headers and not any(name == SERVED_BY_HEADER for name, _ in headers):
             headers = [*headers, *debug_headers(self.decision, forwarding.membership.self_id)]
+        return headers
+
+    def relay(self, node: Node, response: Any, no_body: bool, first: bytes, chunks: Any, slot: Any) -> Relay:
+        """The outcome for a peer's response whose first body bytes arrived (``no_body``: one that has none)."""
+        headers = self.with_debug_headers(self.answered(node, response.status, response.headers))
         length = None
         if not no_body:
             for name, value in headers:

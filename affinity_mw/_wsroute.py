@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from websockets.asyncio.client import ClientConnection
 
-from ._plan import SERVE_LOCAL, Answer, Forwarding, ForwardPlan, _Signal, debug_headers, refuse_target
+from ._plan import SERVE_LOCAL, Answer, Forwarding, ForwardPlan, _Signal, refuse_target
 from ._scope import ScopeRequest, expose
 from ._wssessions import MOVED_REASON
 from .forward import DRAINING_HEADER, ForwardError, Headers
@@ -69,10 +69,7 @@ async def forward_websocket(
                 content_type = next((v for n, v in headers if n == b"content-type"), b"text/plain; charset=utf-8")
                 rest = tuple((n, v) for n, v in headers if n != b"content-type")
                 return Answer(owner.status, owner.body, content_type.decode("latin-1"), rest)
-            headers = plan.answered(node, 101, accept_headers(owner))
-            if forwarding.debug_headers:
-                headers = [*headers, *debug_headers(decision, forwarding.membership.self_id)]
-            return owner, headers
+            return owner, plan.with_debug_headers(plan.answered(node, 101, accept_headers(owner)))
     return plan.finish()
 
 

@@ -91,6 +91,16 @@ def test_every_member_of_a_room_meets_on_its_owner_through_any_entry_node(cluste
                 assert member.recv(timeout=10) == blob
 
 
+def test_a_forwarded_handshake_names_the_node_that_served_it_once(cluster: Cluster) -> None:
+    owner = owner_of(cluster, "porch")
+    for url in cluster.urls:
+        with connect(ws_url(url, "/ws/rooms/porch")) as ws:
+            assert hello(ws)["node"] == owner
+            assert ws.response is not None
+            assert ws.response.headers.get_all("x-affinity-served-by") == [owner]
+            assert ws.response.headers.get_all("x-affinity-owner") == [owner]
+
+
 def test_close_codes_and_reasons_pass_both_ways(cluster: Cluster) -> None:
     room = "closing"
     owner = owner_of(cluster, room)

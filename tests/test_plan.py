@@ -221,3 +221,13 @@ def test_refuse_target_is_the_one_rule_for_http_and_websocket_targets() -> None:
     for method, target in [("GET", "*"), ("GET", "http://evil.example/ws"), ("GET", "@127.0.0.9/ws")]:
         refused = refuse_target(method, target)
         assert isinstance(refused, Answer) and refused.status == 400
+
+
+def test_debug_headers_are_added_once_to_a_relayed_response_or_websocket_accept() -> None:
+    p = plan(forwarding(debug_headers=True)[0])
+    p.decision.served_by = URLS[1]
+    added = p.with_debug_headers([(b"set-cookie", b"a=1")])
+    assert added[0] == (b"set-cookie", b"a=1") and (b"x-affinity-served-by", URLS[1].encode()) in added
+    owners = [(b"x-affinity-served-by", URLS[2].encode()), (b"x-affinity-owner", URLS[2].encode())]
+    assert p.with_debug_headers(owners) == owners  # the owner's own say which node served
+    assert plan(forwarding()[0]).with_debug_headers([(b"set-cookie", b"a=1")]) == [(b"set-cookie", b"a=1")]
