@@ -12,6 +12,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -39,6 +40,24 @@ def served_within(url: str, key: str, seconds: float) -> float | None:
     with httpx.Client(trust_env=False, timeout=10.0) as client:
         while time.monotonic() - start < seconds:
             if client.get(f"{url}/probe/{key}/echo", headers={"X-Tenant": key}).status_code == 200:
+                return time.monotonic() - start
+            time.sleep(0.1)
+    return None
+
+
+def both_slots_free_within(url: str, key: str, seconds: float) -> float | None:
+    """How long until two requests for ``key`` that each hold a slot for a while are both answered 200 at once:
+    with two slots, that is when neither is still held by a stalled client."""
+    start = time.monotonic()
+    with httpx.Client(trust_env=False, timeout=10.0) as client:
+
+        def held(_: int) -> int:
+            return client.get(f"{url}/probe/{key}/stream?chunks=2&pause=0.3", headers={"X-Tenant": key}).status_code
+
+        while time.monotonic() - start < seconds:
+            with ThreadPoolExecutor(2) as pool:
+                codes = list(pool.map(held, range(2)))
+            if codes == [200, 200]:
                 return time.monotonic() - start
             time.sleep(0.1)
     return None
@@ -99,6 +118,8 @@ def test_stalled_downloads_free_the_peer(cluster: Cluster, figures: Figures) -> 
             raw.body(limit=64 * KiB)  # read a little, then stop reading
         started = time.monotonic()
         freed = served_within(a, key, 8.0)
+        # Reading a stalled download again would un-stall it: first wait until both have given their slots back.
+        both_freed = both_slots_free_within(a, key, 8.0)
         aborted = 0
         for raw in slow:
             try:
@@ -117,4 +138,5 @@ def test_stalled_downloads_free_the_peer(cluster: Cluster, figures: Figures) -> 
         f"{freed if freed is None else round(freed, 2)}s; stalled downloads aborted: {aborted}/2",
     )
     assert freed is not None and freed < time.monotonic() - started + 1
+    assert both_freed is not None
     assert aborted == 2
