@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from types import FrameType
@@ -47,9 +48,19 @@ def worker_urls(url: str, workers: int) -> list[str]:
 
 
 def worker_commands(
-    app: str, *, workers: int, host: str, port: int, server: str, threads: int = 8, extra: Sequence[str] = ()
+    app: str,
+    *,
+    workers: int,
+    host: str,
+    port: int,
+    server: str,
+    threads: int = 8,
+    extra: Sequence[str] = (),
+    control_folder: str | None = None,
 ) -> list[list[str]]:
-    """One server command per worker, each with one process on its own port."""
+    """One server command per worker, each with one process on its own port. gunicorn 25 and later open a control
+    socket, by default at one path for every master on the machine: with ``control_folder`` each master gets its
+    own there (``worker-PORT.ctl``), so no master replaces or removes another's."""
     if server not in SERVERS:
         raise ValueError(f"The server must be one of {', '.join(SERVERS)}, got {server!r}.")
     commands = []
@@ -59,8 +70,18 @@ def worker_commands(
         else:
             bind = f"[{host}]:{p}" if ":" in host else f"{host}:{p}"
             cmd = [sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", str(threads), "--bind", bind, app]
+            if control_folder is not None and _has_control_socket():
+                cmd += ["--control-socket", os.path.join(control_folder, f"worker-{p}.ctl")]
         commands.append([*cmd, *extra])
     return commands
+
+
+def _has_control_socket() -> bool:
+    try:
+        from gunicorn.config import KNOWN_SETTINGS
+    except ImportError:  # the child will say gunicorn is missing
+        return False
+    return any(setting.name == "control_socket" for setting in KNOWN_SETTINGS)
 
 
 def worker_environ(
@@ -92,7 +113,10 @@ def serve(
     if advertise is None:
         advertise = os.environ.get("POD_IP") or (host if host not in ("0.0.0.0", "::") else "127.0.0.1")
     scheme = os.environ.get("AFFINITY_PEER_SCHEME", "http").strip() or "http"
-    commands = worker_commands(app, workers=workers, host=host, port=port, server=server, extra=extra)
+    control = tempfile.TemporaryDirectory(prefix="affinity-serve-")  # removed once every worker has stopped
+    commands = worker_commands(
+        app, workers=workers, host=host, port=port, server=server, extra=extra, control_folder=control.name
+    )
     environs = worker_environ(os.environ, workers=workers, advertise=advertise, port=port, scheme=scheme)
     children: list[subprocess.Popen[bytes]] = []
     stopping: list[int] = []
@@ -115,6 +139,7 @@ def serve(
             time.sleep(0.2)
     finally:
         _stop(children, grace)
+        control.cleanup()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return status

@@ -18,7 +18,7 @@ import pytest
 from cluster import ROOT, SECRET, stop_group
 
 from affinity_mw.membership import StaticMembership
-from affinity_mw.serve import worker_environ, worker_urls
+from affinity_mw.serve import worker_commands, worker_environ, worker_urls
 
 WORKERS = 4
 TENANTS = [f"tenant-{i}" for i in range(24)]
@@ -124,3 +124,11 @@ def test_worker_membership_from_peers_dns_and_none() -> None:
     from affinity_mw.edge import nginx_config
 
     assert "server a:9000;\n    server a:9001;\n    server b:9000;" in nginx_config(members.ring, "header:X")
+
+
+def test_each_gunicorn_master_gets_its_own_control_socket() -> None:
+    commands = worker_commands("m:app", workers=3, host="127.0.0.1", port=9000, server="gunicorn", control_folder="/c")
+    sockets = [cmd[cmd.index("--control-socket") + 1] for cmd in commands]
+    assert sockets == [f"/c/worker-{p}.ctl" for p in (9000, 9001, 9002)]
+    uvicorn = worker_commands("m:app", workers=2, host="127.0.0.1", port=9000, server="uvicorn", control_folder="/c")
+    assert not any("--control-socket" in cmd for cmd in uvicorn)
