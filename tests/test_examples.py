@@ -45,10 +45,12 @@ def django_requests(urls: list[str]) -> list[dict[str, object]]:
     return answers
 
 
-EXAMPLES: dict[str, tuple[str, Callable[[list[str]], list[dict[str, object]]]]] = {
-    "fastapi": ("examples/fastapi_tenants/run_cluster.py", fastapi_requests),
-    "flask": ("examples/flask_sessions/run_cluster.py", flask_requests),
-    "django": ("examples/django_regions/run_cluster.py", django_requests),
+# launcher, the test's requests, and the line the launcher prints once its own demonstration requests are done
+# (the test's requests must not interleave with them: both count the same tenant); None when it sends none.
+EXAMPLES: dict[str, tuple[str, Callable[[list[str]], list[dict[str, object]]], str | None]] = {
+    "fastapi": ("examples/fastapi_tenants/run_cluster.py", fastapi_requests, "ready;"),
+    "flask": ("examples/flask_sessions/run_cluster.py", flask_requests, "ready;"),
+    "django": ("examples/django_regions/run_cluster.py", django_requests, None),
 }
 
 
@@ -96,7 +98,7 @@ def repository_files() -> set[str]:
 
 @pytest.mark.parametrize("example", list(EXAMPLES))
 def test_example_launcher_serves_one_key_on_one_node_and_stops_everything(tmp_path: Path, example: str) -> None:
-    launcher, send = EXAMPLES[example]
+    launcher, send, ready_line = EXAMPLES[example]
     port = free_port(HOSTS)
     urls = [f"http://{host}:{port}" for host in HOSTS]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AFFINITY_", "FLASK_"))}
@@ -120,6 +122,10 @@ def test_example_launcher_serves_one_key_on_one_node_and_stops_everything(tmp_pa
                     pass
                 assert time.monotonic() < deadline, f"{url} not up after 60 s:\n{log.read_text()}"
                 time.sleep(0.1)
+        while ready_line is not None and ready_line not in log.read_text():
+            assert launcher_proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"the launcher never printed {ready_line!r}:\n{log.read_text()}"
+            time.sleep(0.1)
         answers = send(urls)
         assert len({a["node"] for a in answers}) == 1, answers  # one node served every request for the key
         counts = [int(a["count"]) for a in answers]  # type: ignore[call-overload]
