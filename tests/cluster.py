@@ -28,23 +28,34 @@ ROOT = Path(__file__).resolve().parents[1]
 SECRET = "test-cluster-secret-0123456789abcdef"
 
 
-def free_port(hosts: Sequence[str]) -> int:
-    """A port free on every host, so node i can be http://127.0.0.i:PORT with one PORT for all."""
+# Below Linux's ephemeral range (32768 and up), where any process's outgoing connection may hold a port for a while.
+PORTS = range(20000, 32768)
+
+
+def free_ports(hosts: Sequence[str], count: int = 1) -> int:
+    """The first of ``count`` consecutive ports free on every host: node i can be http://127.0.0.i:PORT with one
+    PORT for all, and a node with workers as members takes PORT, PORT + 1, ..."""
     for _ in range(200):
-        port = random.randint(20000, 60000)
+        port = random.randrange(PORTS.start, PORTS.stop - count)
         socks = []
         try:
             for host in hosts:
-                s = socket.socket()
-                socks.append(s)
-                s.bind((host, port))
+                for offset in range(count):
+                    s = socket.socket()
+                    socks.append(s)
+                    s.bind((host, port + offset))
             return port
         except OSError:
             continue
         finally:
             for s in socks:
                 s.close()
-    raise RuntimeError("no free port found on " + ", ".join(hosts))
+    raise RuntimeError(f"no {count} consecutive free ports found on " + ", ".join(hosts))
+
+
+def free_port(hosts: Sequence[str]) -> int:
+    """A port free on every host, so node i can be http://127.0.0.i:PORT with one PORT for all."""
+    return free_ports(hosts)
 
 
 class ServerNode:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cluster import ROOT, SECRET, stop_group
+from cluster import ROOT, SECRET, free_ports, stop_group
 
 from affinity_mw.membership import StaticMembership
 from affinity_mw.serve import worker_commands, worker_environ, worker_urls
@@ -36,25 +35,6 @@ def wait_up(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError(f"worker on port {port} not up")
 
 
-def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive ports that can all be bound now, below Linux's ephemeral range (32768
-    and up), where an outgoing connection of any process on the machine may hold a port for a while."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 32768 - count)
-        socks = [socket.socket() for _ in range(count)]
-        try:
-            for i, sock in enumerate(socks):
-                sock.bind(("127.0.0.1", port + i))
-            return port
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError(f"no {count} consecutive free ports")
-
-
 def closed(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -65,7 +45,7 @@ def closed(port: int) -> bool:
 
 @pytest.mark.parametrize("server,app", [("uvicorn", "app"), ("gunicorn", "wsgi_app")])
 def test_four_workers_fill_each_tenant_once(tmp_path: Path, server: str, app: str) -> None:
-    port = free_ports(WORKERS)
+    port = free_ports(["127.0.0.1"], WORKERS)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
     env |= {"AFFINITY_SECRET": SECRET, "AFFINITY_KEY": "path:/t/{key}", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "affinity_mw.cli", "serve", "--workers", str(WORKERS), "--port", str(port)]

@@ -20,18 +20,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cluster import ROOT, SECRET, free_port, stop_group
+from cluster import ROOT, SECRET, free_ports, stop_group
 
 WORKERS = 4
 TENANTS = [f"tenant-{i}" for i in range(24)]
 ROUNDS = 6  # requests per tenant
-
-
-def free_ports(count: int) -> int:
-    while True:
-        port = free_port(["127.0.0.1"])
-        if all(_closed(p) for p in range(port, port + count)):
-            return port
 
 
 def _closed(port: int) -> bool:
@@ -89,12 +82,12 @@ def test_cache_fills_per_tenant_with_four_workers(
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFFINITY_")}
     env |= {"AFFINITY_SECRET": SECRET, "AFFINITY_KEY": "path:/t/{key}", "PYTHONPATH": str(ROOT)}
     if layout == "shared-port":
-        port = free_ports(1)
+        port = free_ports(["127.0.0.1"])
         ports = [port]
         cmd = [sys.executable, "-m", "uvicorn", "tests.apps.fill_app:app", "--port", str(port)]
         cmd += ["--workers", str(WORKERS), "--log-level", "warning"]
     else:
-        port = free_ports(WORKERS)
+        port = free_ports(["127.0.0.1"], WORKERS)
         ports = list(range(port, port + WORKERS))
         cmd = [sys.executable, "-m", "affinity_mw.cli", "serve", "--workers", str(WORKERS), "--port", str(port)]
         cmd += ["tests.apps.fill_app:app", "--", "--log-level", "warning"]
