@@ -57,9 +57,9 @@ class EdgeKey:
 
 def _path_regex(pattern: str) -> str:
     """The PCRE nginx's ``map`` matches ``$uri`` with, for a ``path:`` source (a template or ``re:``)."""
-    from .keys._plain import _compile_template
+    from .keys._plain import compile_template
 
-    source = pattern[3:] if pattern.startswith("re:") else _compile_template(pattern).pattern
+    source = pattern[3:] if pattern.startswith("re:") else compile_template(pattern).pattern
     # Python's (?P<key>...) is PCRE syntax too; a longer name keeps nginx's capture variable out of the way of
     # the user's own $key.
     return source.replace("(?P<key>", "(?P<affinity_mw_path_key>")

@@ -110,7 +110,7 @@ class _Path(_Extractor):
                     "affinity key as (?P<key>...), for example 're:^/t/(?P<key>[^/]+)'."
                 )
         else:
-            regex = _compile_template(pattern)
+            regex = compile_template(pattern)
         self._regex = regex
         self._desc = f"path({pattern!r})"
 
@@ -121,7 +121,7 @@ class _Path(_Extractor):
         return match.group("key") or None
 
 
-def _compile_template(template: str) -> re.Pattern[str]:
+def compile_template(template: str) -> re.Pattern[str]:
     if not template.startswith("/"):
         raise ValueError(f"The path template {template!r} must start with '/', like '/tenants/{{key}}/'.")
     if template.count("{key}") != 1 or "{" in template.replace("{key}", "") or "}" in template.replace("{key}", ""):
